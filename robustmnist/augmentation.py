@@ -1,0 +1,135 @@
+"""Training-time augmentation policies: sampled as tensors on the batch's device, then applied.
+
+Policies are configurations of one mechanism, not code copies:
+
+======================  ==========================================================
+``none``                the baseline: the batch is untouched
+``thickness``           random signed stroke change in [-1, +2] px (thin and thick)
+``thin``                erosion only, [-1, 0] px
+``thick``               dilation only, [0, +2] px
+``thickness+affine``    ``thickness`` plus a small random affine (the "is it just
+                        more augmentation?" control)
+======================  ==========================================================
+
+Randomness comes from a seeded ``torch.Generator`` on the training device, so a run replays
+exactly; parameters are drawn first (`sample`), then applied deterministically (`apply`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+from kornia.geometry.transform import get_affine_matrix2d, warp_affine
+
+from robustmnist import RobustMnistError
+from robustmnist.morphology import LADDER_RANGE, apply_stroke_delta
+
+#: policy name -> the AugConfig fields it sets (everything else keeps its default).
+POLICIES: dict[str, dict[str, Any]] = {
+    "none": {},
+    "thickness": {"delta_min_px": -1.0, "delta_max_px": 2.0},
+    "thin": {"delta_min_px": -1.0, "delta_max_px": 0.0},
+    "thick": {"delta_min_px": 0.0, "delta_max_px": 2.0},
+    "thickness+affine": {"delta_min_px": -1.0, "delta_max_px": 2.0, "affine": True},
+}
+
+
+@dataclass(frozen=True)
+class AugConfig:
+    """One augmentation policy, fully resolved (saved in every run's config)."""
+
+    policy: str = "none"
+    delta_min_px: float = 0.0   # smallest stroke change, px of total width at 28x28 (<0 thins)
+    delta_max_px: float = 0.0   # largest stroke change, px (>0 thickens)
+    p_untouched: float = 0.2    # probability that an image keeps its original strokes
+    affine: bool = False        # add a small random affine after the stroke change
+    affine_degrees: float = 10.0     # max rotation, degrees (uniform +/-)
+    affine_translate: float = 0.08   # max shift, fraction of the image side (uniform +/-)
+    affine_scale: float = 0.1        # max relative zoom (uniform 1 +/- this)
+
+    @property
+    def is_identity(self) -> bool:
+        thickness_off = self.delta_min_px == 0 and self.delta_max_px == 0
+        return thickness_off and not self.affine
+
+    def validate(self) -> AugConfig:
+        lo, hi = LADDER_RANGE
+        if self.policy not in POLICIES:
+            raise RobustMnistError(f"unknown augmentation {self.policy!r}; "
+                                   f"choose one of {', '.join(POLICIES)}")
+        if not lo <= self.delta_min_px <= self.delta_max_px <= hi:
+            raise RobustMnistError(
+                f"augmentation range [{self.delta_min_px}, {self.delta_max_px}] px is invalid; "
+                f"need {lo} <= min <= max <= {hi} (the 28x28 stroke ladder)")
+        if not 0 <= self.p_untouched <= 1:
+            raise RobustMnistError(f"p_untouched={self.p_untouched} must be within [0, 1]")
+        if self.affine_degrees < 0 or self.affine_translate < 0 or not 0 <= self.affine_scale < 1:
+            raise RobustMnistError("affine parameters must be >= 0 (and affine_scale < 1)")
+        return self
+
+    @classmethod
+    def from_policy(cls, policy: str, **overrides: Any) -> AugConfig:
+        """The named policy's defaults with `overrides` (None values ignored) applied."""
+        if policy not in POLICIES:
+            raise RobustMnistError(f"unknown augmentation {policy!r}; "
+                                   f"choose one of {', '.join(POLICIES)}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise RobustMnistError(f"unknown augmentation option(s) {sorted(unknown)}; "
+                                   f"known: {', '.join(sorted(known - {'policy'}))}")
+        base = cls(policy=policy, **POLICIES[policy])
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None}).validate()
+
+
+@dataclass(frozen=True)
+class AugParams:
+    """One batch's sampled parameters, replayable: (B,) stroke levels and (B, 3, 3) affines."""
+
+    stroke_delta_px: torch.Tensor
+    affine: torch.Tensor | None
+
+
+def sample(config: AugConfig, batch_size: int, generator: torch.Generator) -> AugParams:
+    """Draw per-sample parameters on the generator's device."""
+    device = generator.device
+
+    def uniform(lo: float, hi: float, n: int = batch_size) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
+
+    delta = uniform(config.delta_min_px, config.delta_max_px)
+    touched = torch.rand(batch_size, generator=generator, device=device) >= config.p_untouched
+    delta = torch.where(touched, delta, torch.zeros_like(delta))
+    matrix = None
+    if config.affine:
+        angle = uniform(-config.affine_degrees, config.affine_degrees)
+        shift = uniform(-config.affine_translate, config.affine_translate, 2 * batch_size)
+        zoom = uniform(1 - config.affine_scale, 1 + config.affine_scale)
+        side = 28.0
+        center = torch.full((batch_size, 2), (side - 1) / 2, device=device)
+        matrix = get_affine_matrix2d(shift.view(batch_size, 2) * side, center,
+                                     zoom.unsqueeze(1).repeat(1, 2), angle)
+    return AugParams(delta, matrix)
+
+
+def apply(x: torch.Tensor, params: AugParams) -> torch.Tensor:
+    """Apply sampled parameters to images in [0, 1], (B, 1, H, W); same device and dtype."""
+    out = x
+    if bool((params.stroke_delta_px != 0).any()):
+        out = apply_stroke_delta(out, params.stroke_delta_px)
+    if params.affine is not None:
+        h, w = out.shape[-2:]
+        out = warp_affine(out, params.affine[:, :2].to(out.dtype), dsize=(h, w),
+                          mode="bilinear", padding_mode="zeros", align_corners=True)
+        out = out.clamp(0, 1)
+    return out
+
+
+def augment(x: torch.Tensor, config: AugConfig, generator: torch.Generator) -> torch.Tensor:
+    """`sample` then `apply`; the identity policy returns `x` itself (bit-identical baseline)."""
+    if config.is_identity:
+        return x
+    return apply(x, sample(config, x.shape[0], generator))
+
