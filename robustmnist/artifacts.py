@@ -74,7 +74,7 @@ def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "robustmnist": __version__,
         "device": str(device),
     }

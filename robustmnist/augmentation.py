@@ -133,3 +133,17 @@ def augment(x: torch.Tensor, config: AugConfig, generator: torch.Generator) -> t
         return x
     return apply(x, sample(config, x.shape[0], generator))
 
+
+
+def preview(images_u8: torch.Tensor, config: AugConfig, draws: int,
+            seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(digits, 1 + draws, 28, 28) uint8 grid (original first) and the (digits, draws) levels."""
+    x = images_u8.float().div(255)  # (D, 1, 28, 28)
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    columns, levels = [x[:, 0]], []
+    for _ in range(draws):
+        params = sample(config, x.shape[0], generator)
+        columns.append(apply(x, params)[:, 0])
+        levels.append(params.stroke_delta_px)
+    grid = torch.stack(columns, 1).mul(255).round().to(torch.uint8)
+    return grid.cpu(), torch.stack(levels, 1).cpu()

@@ -244,11 +244,12 @@ def run_state(run_dir: Path, config: TrainConfig) -> str:
 def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, force: bool = False,
           data_dir: Path | None = None, train_split: MnistSplit | None = None,
           test_split: MnistSplit | None = None, progress: Progress | None = None,
-          log: Callable[[str], None] = lambda _m: None) -> TrainResult:
+          variant: str | None = None, log: Callable[[str], None] = lambda _m: None) -> TrainResult:
     """Train `config` into `run_dir` (see module doc). Returns the per-epoch metrics.
 
     A finished run is returned as is (never retrained by accident); an unfinished one needs
     ``resume=True``; ``force=True`` starts over. Splits may be passed in (tests use tiny ones).
+    `variant` names the configuration in reports (default: the augmentation policy).
     """
     config = config.validate()
     run_dir = Path(run_dir)
@@ -282,7 +283,8 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, force: bo
         metrics = _read_metrics(run_dir / "metrics.csv")[:start_epoch]
         log(f"resuming {run_dir} after epoch {start_epoch}")
 
-    meta = {**artifacts.provenance(device), "data_md5": {**train_split.md5, **test_split.md5}}
+    meta = {**artifacts.provenance(device), "data_md5": {**train_split.md5, **test_split.md5},
+            "variant": variant or config.aug.policy, "run_name": run_dir.name}
     artifacts.write_json(run_dir / "config.json", {"config": config.to_dict(), **meta})
 
     n = len(train_split)

@@ -1,0 +1,99 @@
+"""Stroke thickness measured the Morpho-MNIST way, on whole batches, plus ink ratio.
+
+Morpho-MNIST's definition (Castro et al., JMLR 2019): upscale x4 with cubic interpolation and
+Gaussian smoothing (their ``pyramid_expand``), binarise at ``min + 0.5 (max - min)``, skeletonise,
+and report ``2 x mean distance-to-background on the skeleton / 4`` in 28x28 pixels.
+
+Two deliberate substitutions make it ~50x faster, with the agreement checked against the
+published values for all 10,000 test digits (tests/test_measure.py, README "Conformance"):
+OpenCV's cubic resize + Gaussian (sigma = 2 x 4 / 6, as pyramid_expand) instead of scikit-image's
+spline, and ``skeletonize`` + OpenCV's exact Euclidean distance transform instead of
+``medial_axis`` (which costs ~60 ms per digit).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import cv2
+import numpy as np
+from skimage.morphology import skeletonize
+
+UPSCALE = 4
+_SIGMA = 2 * UPSCALE / 6  # pyramid_expand's default smoothing
+
+
+def upscale(image: np.ndarray) -> np.ndarray:
+    """(28, 28) uint8 -> (112, 112) float32 in about [0, 1]: cubic x4, then Gaussian smoothing."""
+    h, w = image.shape
+    up = cv2.resize(image.astype(np.float32) / 255.0, (w * UPSCALE, h * UPSCALE),
+                    interpolation=cv2.INTER_CUBIC)
+    return cv2.GaussianBlur(up, (0, 0), _SIGMA, borderType=cv2.BORDER_REFLECT)
+
+
+def binarise(up: np.ndarray) -> np.ndarray:
+    """Morpho-MNIST's threshold at min + 0.5 (max - min); all False for a blank image."""
+    lo, hi = float(up.min()), float(up.max())
+    if hi <= lo:
+        return np.zeros(up.shape, dtype=bool)
+    return up >= lo + 0.5 * (hi - lo)
+
+
+def _thickness_one(image: np.ndarray) -> float:
+    binary = binarise(upscale(image))
+    skeleton = skeletonize(binary)
+    if not skeleton.any():
+        return float("nan")
+    distance = cv2.distanceTransform(binary.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return float(2.0 * distance[skeleton].mean() / UPSCALE)
+
+
+def _measure_chunk(images: np.ndarray) -> np.ndarray:
+    return np.array([_thickness_one(image) for image in images], dtype=np.float64)
+
+
+def map_chunks(fn: Callable[[np.ndarray], Any], images: np.ndarray,
+               workers: int | None = None) -> list[Any]:
+    """`fn` over chunks of `images` (in order), in processes when there are many digits."""
+    workers = workers or ((os.cpu_count() or 1) if len(images) >= 2000 else 1)
+    if workers <= 1:
+        return [fn(images)]
+    parts = np.array_split(images, workers * 4)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, parts))
+
+
+def as_digits(images: np.ndarray) -> np.ndarray:
+    """Accept (N, 28, 28) or (N, 1, 28, 28) uint8; return (N, 28, 28)."""
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f"expected uint8 (N, 28, 28) images, got {images.dtype} {images.shape}")
+    return images
+
+
+def measure_thickness(images: np.ndarray, workers: int | None = None) -> np.ndarray:
+    """Mean stroke thickness (px at 28x28) of each digit; NaN for a digit with no ink.
+
+    Args:
+        images: uint8 (N, 28, 28) or (N, 1, 28, 28), white ink on black.
+        workers: processes to use (default: all cores when N >= 2000, else 1).
+
+    >>> measure_thickness(np.zeros((1, 28, 28), np.uint8)).tolist()
+    [nan]
+    """
+    images = as_digits(images)
+    if len(images) == 0:
+        return np.zeros(0)
+    return np.concatenate(map_chunks(_measure_chunk, images, workers))
+
+
+def ink_ratio(perturbed: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """Ink mass of each perturbed digit relative to its original (1.0 = unchanged)."""
+    p = np.asarray(perturbed, dtype=np.float64).reshape(len(perturbed), -1).sum(1)
+    o = np.asarray(original, dtype=np.float64).reshape(len(original), -1).sum(1)
+    return np.divide(p, o, out=np.full_like(p, np.nan), where=o > 0)

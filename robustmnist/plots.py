@@ -1,0 +1,98 @@
+"""Matplotlib figures (Agg backend, PNG written atomically). Figures only render given data."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from robustmnist import artifacts  # noqa: E402
+
+
+def save(fig: plt.Figure, path: Path) -> Path:
+    with artifacts.atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def digit_grid(images: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str],
+               title: str) -> plt.Figure:
+    """A (rows, cols, 28, 28) grid of digits, white on black, labelled."""
+    rows, cols = images.shape[:2]
+    fig, axes = plt.subplots(rows, cols, figsize=(1.0 * cols + 0.6, 1.0 * rows + 0.6),
+                             squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.imshow(images[r, c], cmap="gray", vmin=0, vmax=255 if images.max() > 1 else 1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(col_labels[c], fontsize=8)
+            if c == 0:
+                ax.set_ylabel(row_labels[r], fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def accuracy_curves(table: pd.DataFrame, x: str, xlabel: str, title: str,
+                    reference_x: float | None = None) -> plt.Figure:
+    """Mean accuracy vs `x` per variant with a 95 % CI band (columns: variant, x, mean, lo, hi)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for variant, g in table.groupby("variant", sort=False):
+        g = g.sort_values(x)
+        line = ax.plot(g[x], 100 * g["mean"], marker="o", ms=3, label=f"{variant} (n={int(g['n'].max())})")
+        ax.fill_between(g[x], 100 * g["lo"], 100 * g["hi"], alpha=0.2, color=line[0].get_color())
+    if reference_x is not None:
+        ax.axvline(reference_x, color="grey", ls=":", lw=1)
+        ax.text(reference_x, ax.get_ylim()[0], " MNIST mean", color="grey", fontsize=8, va="bottom")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def binned_accuracy(table: pd.DataFrame, title: str) -> plt.Figure:
+    """Clean accuracy per bin of each digit's own thickness (columns: variant, bin, mean, count)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    variants = list(dict.fromkeys(table["variant"]))
+    bins = list(dict.fromkeys(table["bin"]))
+    width = 0.8 / max(1, len(variants))
+    for i, variant in enumerate(variants):
+        g = table[table["variant"] == variant].set_index("bin").reindex(bins)
+        ax.bar(np.arange(len(bins)) + i * width, 100 * (1 - g["mean"]), width, label=variant)
+    counts = table.drop_duplicates("bin").set_index("bin").reindex(bins)["count"]
+    ax.set_xticks(np.arange(len(bins)) + 0.4 - width / 2)
+    ax.set_xticklabels([f"{b}\n(n={int(c)})" for b, c in zip(bins, counts, strict=True)], fontsize=8)
+    ax.set_xlabel("measured thickness of the clean test digit (px)")
+    ax.set_ylabel("test error (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def class_heatmap(matrix: pd.DataFrame, title: str) -> plt.Figure:
+    """Rows: variant x level; columns: digit classes; values: accuracy in [0, 1]."""
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(matrix) + 1.5))
+    im = ax.imshow(100 * matrix.to_numpy(), cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(matrix.shape[1]))
+    ax.set_xticklabels([c.replace("acc_class_", "") for c in matrix.columns])
+    ax.set_yticks(range(len(matrix)))
+    ax.set_yticklabels(list(matrix.index), fontsize=8)
+    for (r, c), value in np.ndenumerate(100 * matrix.to_numpy()):
+        ax.text(c, r, f"{value:.0f}", ha="center", va="center", fontsize=7,
+                color="white" if value < 60 else "black")
+    ax.set_xlabel("digit class")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="accuracy (%)")
+    return fig
