@@ -430,6 +430,87 @@ def augment_preview(
               f"{float(abs(deltas).mean()):.2f} px)")
 
 
+# --------------------------------------------------------------------------- predict
+
+@app.command()
+@handles_errors
+def predict(
+    inputs: Annotated[list[str], typer.Argument(
+        help="Checkpoint(s) (.pt or run folders) first, then images: files, folders, globs.")],
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+    save_preprocessed: Annotated[Path | None, typer.Option(
+        help="Write the 28x28 image each model saw (and a side-by-side view) into this folder.")] = None,
+    normalize_thickness: Annotated[float | None, typer.Option(
+        help="Redraw the ink at this stroke thickness (px) before predicting.")] = None,
+    device: Device = "auto",
+) -> None:
+    """Recognise digits in your own photos, MNIST-style preprocessed, with one or more models."""
+    import cv2
+    import numpy as np
+
+    from robustmnist import artifacts
+    from robustmnist.predict import ImageError, expand_inputs, load_gray, mnistify, predict_images
+    from robustmnist.training import load_checkpoint, model_from_checkpoint, resolve_device
+
+    split = 0
+    while split < len(inputs) and (inputs[split].endswith(".pt") or
+                                   (Path(inputs[split]) / "checkpoint.pt").is_file()):
+        split += 1
+    if split == 0:
+        raise RobustMnistError("pass at least one checkpoint first: robustmnist predict RUN/checkpoint.pt photo.jpg")
+    if split == len(inputs):
+        raise RobustMnistError("no images given after the checkpoint(s)")
+    dev = resolve_device(device)
+    ckpts = [load_checkpoint(Path(c)) for c in inputs[:split]]
+    models = [(model_from_checkpoint(c, dev), c["config"]["mean"], c["config"]["std"]) for c in ckpts]
+    names = [Path(c["path"]).parent.name if Path(c["path"]).name == "checkpoint.pt"
+             else Path(c["path"]).stem for c in ckpts]
+    paths = expand_inputs(inputs[split:])
+    if not paths:
+        raise RobustMnistError(f"no images found in {' '.join(inputs[split:])}")
+    failed = 0
+    table = Table(title="predictions (digit, probability; top-3)")
+    table.add_column("image")
+    for name in names:
+        table.add_column(name)
+    for path in paths:
+        try:
+            gray = load_gray(path)
+            pre = mnistify(gray, normalize_thickness, name=str(path))
+        except ImageError as e:
+            failed += 1
+            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            continue
+        probs = predict_images(models, pre.image[None], dev)[:, 0]  # (models, 10)
+        results = []
+        for name, p in zip(names, probs, strict=True):
+            top = np.argsort(-p)[:3]
+            results.append({"model": name, "digit": int(top[0]), "probability": float(p[top[0]]),
+                            "top3": [[int(d), round(float(p[d]), 4)] for d in top]})
+        if as_json:
+            out.print_json(json.dumps({"image": str(path), "inverted": pre.inverted,
+                                       "predictions": results}))
+        else:
+            table.add_row(str(path), *[f"{r['digit']} ({100 * r['probability']:.1f}%)  " + " ".join(
+                f"{d}:{100 * q:.0f}" for d, q in r["top3"]) for r in results])
+        if save_preprocessed is not None:
+            stem = save_preprocessed / path.stem
+            _, png = cv2.imencode(".png", pre.image)
+            artifacts.write_bytes(stem.with_suffix(".mnist.png"), png.tobytes())
+            view_h = 280
+            original = cv2.resize((gray * 255).astype(np.uint8),
+                                  (max(1, round(gray.shape[1] * view_h / gray.shape[0])), view_h),
+                                  interpolation=cv2.INTER_AREA)
+            seen = cv2.resize(pre.image, (view_h, view_h), interpolation=cv2.INTER_NEAREST)
+            _, side = cv2.imencode(".png", np.hstack([original, np.full((view_h, 8), 128, np.uint8), seen]))
+            artifacts.write_bytes(stem.with_suffix(".side-by-side.png"), side.tobytes())
+    if not as_json and table.rows:
+        out.print(table)
+    if failed:
+        err.print(f"{failed} of {len(paths)} images failed")
+        raise typer.Exit(1)
+
+
 def run() -> None:  # pragma: no cover - console entry point alternative
     sys.exit(app())
 

@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+from robustmnist import RobustMnistError
+from robustmnist.models import MODELS, build_model, count_parameters
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_output_is_log_probabilities(name):
+    torch.manual_seed(0)
+    out = build_model(name)(torch.randn(5, 1, 28, 28))
+    assert out.shape == (5, 10)
+    torch.testing.assert_close(out.exp().sum(1), torch.ones(5))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_channels_last_gives_same_output(name):
+    torch.manual_seed(0)
+    model = build_model(name).eval()
+    x = torch.randn(4, 1, 28, 28)
+    ref = model(x)
+    model = model.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(model(x.contiguous(memory_format=torch.channels_last)), ref,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_baseline_parameter_count():
+    assert count_parameters(build_model("baseline")) == 1_007_590
+
+
+def test_pool_before_relu_equals_classic_order():
+    torch.manual_seed(0)
+    model = build_model("baseline").eval()
+    x = torch.randn(3, 1, 28, 28)
+    f = torch.nn.functional
+    h = f.max_pool2d(f.relu(model.conv1(x)), 2)  # the textbook order
+    h = f.relu(model.fc1(f.relu(model.conv2(h)).flatten(1)))
+    torch.testing.assert_close(model(x), f.log_softmax(model.fc2(h), 1))
+
+
+def test_unknown_model():
+    with pytest.raises(RobustMnistError, match="unknown model"):
+        build_model("resnet")

@@ -1,0 +1,81 @@
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from robustmnist.morphology import LADDER, apply_stroke_delta, dilate, element, erode
+
+ELEMENTS = [("square", 2), ("square", 3), ("disk", 2), ("disk", 3), ("disk", 5)]
+CV_OPS = {"dilate": (dilate, cv2.dilate), "erode": (erode, cv2.erode)}
+
+
+def _hand_made() -> np.ndarray:
+    img = np.zeros((9, 9), np.uint8)
+    img[2:7, 4] = 200   # a vertical stroke
+    img[4, 1:8] = 120   # a fainter horizontal stroke
+    img[0, 0] = 255     # a corner pixel: borders must behave like OpenCV's default
+    img[8, 8] = 90
+    return img
+
+
+def _random(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (13, 17), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(("shape", "size"), ELEMENTS)
+@pytest.mark.parametrize("op", list(CV_OPS))
+@pytest.mark.parametrize("image", [_hand_made(), _random(0), _random(1)], ids=["hand", "rand0", "rand1"])
+def test_kornia_equals_opencv(shape, size, op, image):
+    ours, theirs = CV_OPS[op]
+    x = torch.from_numpy(image).float()[None, None]
+    expected = theirs(image, element(shape, size))  # OpenCV's default anchor and border
+    np.testing.assert_array_equal(ours(x, shape, size)[0, 0].numpy().astype(np.uint8), expected)
+
+
+def test_hand_computed_2x2_dilation():
+    x = torch.zeros(1, 1, 4, 4)
+    x[0, 0, 1, 1] = 1
+    out = dilate(x, "square", 2)[0, 0]
+    # OpenCV anchor (1, 1): a pixel spreads to its right and bottom neighbours.
+    expected = torch.zeros(4, 4)
+    expected[1:3, 1:3] = 1
+    torch.testing.assert_close(out, expected)
+
+
+def test_mixed_batch_equals_each_sample_alone():
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.random((7, 1, 12, 12), dtype=np.float32))
+    levels = torch.tensor([-2.0, -1.0, -0.3, 0.0, 0.5, 1.0, 1.7])
+    batch = apply_stroke_delta(x, levels)
+    for i in range(len(x)):
+        alone = apply_stroke_delta(x[i:i + 1], levels[i:i + 1])
+        torch.testing.assert_close(batch[i:i + 1], alone)
+
+
+@pytest.mark.parametrize("level", sorted(LADDER))
+def test_integer_levels_are_the_ladder_rungs(level):
+    x = torch.rand(3, 1, 10, 10)
+    torch.testing.assert_close(apply_stroke_delta(x, torch.full((3,), float(level))), LADDER[level](x))
+
+
+def test_fractional_level_blends_neighbouring_rungs():
+    x = torch.rand(2, 1, 10, 10)
+    out = apply_stroke_delta(x, torch.tensor([1.25, 1.25]))
+    torch.testing.assert_close(out, 0.75 * LADDER[1](x) + 0.25 * LADDER[2](x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_keeps_device_dtype_and_range(device, dtype):
+    x = torch.rand(6, 1, 28, 28, device=device, dtype=dtype)
+    out = apply_stroke_delta(x, torch.linspace(-2, 2, 6))
+    assert out.device == x.device and out.dtype == dtype
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="float tensor"):
+        dilate(torch.zeros(28, 28), "square", 3)
+    with pytest.raises(ValueError, match="one level per sample"):
+        apply_stroke_delta(torch.zeros(2, 1, 5, 5), torch.zeros(3))
+    with pytest.raises(ValueError, match="shape"):
+        element("star", 3)  # type: ignore[arg-type]
