@@ -17,7 +17,7 @@
    ink is 1 (anti-aliased edges kept).
 6. **Size-normalise** into a 20x20 box keeping the aspect ratio (area interpolation = the
    anti-aliasing MNIST's resampling produced).
-7. **Centre** by centre of mass in 28x28 (sub-pixel shift).
+7. **Centre** by centre of mass in 28x28 (whole-pixel shift, as MNIST).
 8. Optionally **redraw at a fixed stroke thickness** (the `absolute` test-set routine).
 
 The model then normalises with mean 0.1307 / std 0.3081, as in training.
@@ -155,14 +155,14 @@ def mnistify(gray: np.ndarray, normalize_thickness_px: float | None = None,
     canvas = np.zeros((SIDE, SIDE), np.float32)
     oy, ox = (SIDE - nh) // 2, (SIDE - nw) // 2
     canvas[oy:oy + nh, ox:ox + nw] = small
-    # 7. centre of mass to the centre of the 28x28 field (sub-pixel shift).
-    mass = canvas.sum()
-    cy = float((canvas.sum(1) * np.arange(SIDE)).sum() / mass)
-    cx = float((canvas.sum(0) * np.arange(SIDE)).sum() / mass)
+    # 7. centre of mass to the centre of the 28x28 field, by a whole-pixel shift (as MNIST:
+    #    no resampling blur, the 20x20 box stays 20x20; the residual is at most 0.5 px).
+    cy, cx = centre_of_mass(canvas)
     centre = (SIDE - 1) / 2
-    shift = np.float32([[1, 0, centre - cx], [0, 1, centre - cy]])
-    canvas = cv2.warpAffine(canvas, shift, (SIDE, SIDE), flags=cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    dy, dx = round(centre - cy), round(centre - cx)
+    dy = int(np.clip(dy, -oy, SIDE - oy - nh))
+    dx = int(np.clip(dx, -ox, SIDE - ox - nw))
+    canvas = np.roll(canvas, (dy, dx), axis=(0, 1))
     image = np.clip(np.rint(canvas * 255), 0, 255).astype(np.uint8)
     if normalize_thickness_px is not None:
         from robustmnist.perturb import perturb

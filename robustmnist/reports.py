@@ -134,7 +134,7 @@ def wide_accuracy(acc: pd.DataFrame, family: str, variants: list[str]) -> pd.Dat
             c = clean.loc[v]
             row["clean"] = fmt_ci(c["mean"], c["lo"], c["hi"], int(c["n"]))
         for _, r in fam[fam["variant"] == v].sort_values("level").iterrows():
-            row[f"{r['level']:+g}"] = fmt_ci(r["mean"], r["lo"], r["hi"], int(r["n"]))
+            row[level_label(family, r["level"])] = fmt_ci(r["mean"], r["lo"], r["hi"], int(r["n"]))
         table[v] = row
     return pd.DataFrame(table).T
 
@@ -235,7 +235,7 @@ def findings(rows: pd.DataFrame, acc: pd.DataFrame, mc: pd.DataFrame, variants: 
             base = at.loc[BASELINE] if BASELINE in at.index else None
             if base is None:
                 continue
-            text = (f"{family} {level:+g} (measured {at['measured_thickness'].iloc[0]:.2f} px): "
+            text = (f"{family} {level_label(family, level)} (measured {at['measured_thickness'].iloc[0]:.2f} px): "
                     f"baseline {100 * base['mean']:.2f} %")
             if best == BASELINE:
                 text += "; no variant beats it."
@@ -256,9 +256,11 @@ def findings(rows: pd.DataFrame, acc: pd.DataFrame, mc: pd.DataFrame, variants: 
     if not ce.empty and ce["ce"].notna().any():
         per = ce.groupby("variant", sort=False)["ce"].mean().drop(BASELINE, errors="ignore")
         if not per.empty:
-            lines.append(f"Lowest corruption error over the delta family: `{per.idxmin()}` "
-                         f"(CE {per.min():.1f}, baseline = 100); highest: `{per.idxmax()}` "
-                         f"({per.max():.1f}).")
+            text = (f"Lowest corruption error over the delta family: `{per.idxmin()}` "
+                    f"(CE {per.min():.1f}, baseline = 100)")
+            if len(per) > 1:
+                text += f"; highest: `{per.idxmax()}` ({per.max():.1f})"
+            lines.append(text + ".")
     return lines
 
 
@@ -276,8 +278,13 @@ def _is_clear(mc: pd.DataFrame, variant: str, family: str, level: float,
 
 # --------------------------------------------------------------------------- rendering
 
+def level_label(family: str, level: float) -> str:
+    """'+1.5' for signed families (delta, ladder), '1.5' for absolute thickness."""
+    return f"{level:g}" if family == "absolute" else f"{level:+g}"
+
+
 def _md(frame: pd.DataFrame, index: bool = True) -> str:
-    frame = frame.reset_index() if index else frame
+    frame = frame.rename_axis(frame.index.name or "variant").reset_index() if index else frame
     header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
@@ -431,7 +438,7 @@ def write_report(results: Sequence[Path], out_dir: Path, title: str = "report",
     if extremes:
         sel = rows[[(f, lv_) in extremes for f, lv_ in zip(rows["family"], rows["level"], strict=True)]]
         heat = sel.groupby(["variant", "family", "level"], sort=False)[CLASS_COLUMNS].mean()
-        heat.index = [f"{v} | {f} {lv_:+g}" for v, f, lv_ in heat.index]
+        heat.index = [f"{v} | {f} {level_label(f, lv_)}" for v, f, lv_ in heat.index]
         heat = heat.sort_index()
         fig = plots.class_heatmap(heat, "per-class accuracy at the thinnest and thickest levels")
         plots.save(fig, out_dir / "class_accuracy.png")

@@ -147,8 +147,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise RobustMnistError(f"{path} holds objects other than weights; refusing to load it "
-                               "(only robustmnist checkpoints are accepted)") from err
+        if "Unsupported global" in str(err):
+            raise RobustMnistError(f"{path} holds objects other than weights; refusing to load "
+                                   "it (only robustmnist checkpoints are accepted)") from err
+        raise RobustMnistError(f"{path} is corrupt or not a checkpoint (unreadable pickle); "
+                               "retrain or restore it") from err
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
         raise RobustMnistError(f"{path} is corrupt or not a checkpoint ({type(err).__name__}); "
                                "retrain or restore it") from err
@@ -206,7 +209,7 @@ def evaluate_split(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         total_loss += F.nll_loss(logp.float(), labels[i:i + batch_size], reduction="sum")
         preds.append(logp.argmax(1))
     pred = torch.cat(preds)
-    accuracy = (pred == labels).float().mean().item()
+    accuracy = (pred == labels).sum().item() / len(labels)
     return total_loss.item() / len(images), accuracy, pred
 
 

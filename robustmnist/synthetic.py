@@ -1,0 +1,49 @@
+"""Synthetic "photos" of digits: dark pen on uneven paper, for tests and the predict benchmark.
+
+Digits are drawn with OpenCV's Hershey fonts at a chosen pen width (given in MNIST pixels: the
+stroke width the digit will have once size-normalised to MNIST's 20 px box), on paper with a
+lighting gradient, sensor noise and optionally a faint printed grid, then saved as JPEG.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_SCRIPT_SIMPLEX)
+
+
+def draw_photo(digit: int, pen_mnist_px: float, rng: np.random.Generator, *,
+               height: int = 360, width: int = 300, font: int = cv2.FONT_HERSHEY_SIMPLEX,
+               grid: bool = False, light_ink: bool = False) -> np.ndarray:
+    """(height, width) uint8 grey photo of `digit` (dark ink on light paper unless light_ink)."""
+    digit_h = int(height * rng.uniform(0.45, 0.6))  # glyph height in the photo, px
+    scale = cv2.getFontScaleFromHeight(font, digit_h, 1)
+    pen = max(1, round(pen_mnist_px * digit_h / 20))
+    ink = np.zeros((height, width), np.uint8)
+    (tw, th), _ = cv2.getTextSize(str(digit), font, scale, pen)
+    x = int((width - tw) / 2 + rng.uniform(-0.1, 0.1) * width)
+    y = int((height + th) / 2 + rng.uniform(-0.08, 0.08) * height)
+    cv2.putText(ink, str(digit), (x, y), font, scale, 255, pen, cv2.LINE_AA)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(angle) * xx / width + np.sin(angle) * yy / height)
+    paper = 215 + 30 * (ramp - ramp.mean())                       # lighting gradient
+    if grid:
+        paper[(yy.astype(int) % 24) < 2] -= 25                     # faint printed grid
+        paper[(xx.astype(int) % 24) < 2] -= 25
+    ink_level = rng.uniform(25, 60)
+    photo = paper - (paper - ink_level) * (ink.astype(np.float32) / 255)
+    photo += rng.normal(0, 4, photo.shape)                         # sensor noise
+    photo = np.clip(photo, 0, 255).astype(np.uint8)
+    return 255 - photo if light_ink else photo
+
+
+def save_jpeg(path: Path, image: np.ndarray, quality: int = 85) -> Path:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise OSError(f"could not encode {path}")
+    Path(path).write_bytes(buf.tobytes())
+    return Path(path)
