@@ -420,6 +420,7 @@ def augment_preview(
     config = AugConfig.from_policy(aug, delta_min_px=lo, delta_max_px=hi, p_untouched=aug_p)
     images = load_split("train", data_dir, log=_log(quiet)).images[:digits]
     grid, deltas = preview(images, config, draws, seed)
+    grid = grid.numpy()
     col_labels = ["original"] + [f"draw {i + 1}" for i in range(draws)]
     row_labels = [f"#{i}" for i in range(len(images))]
     fig = digit_grid(grid, row_labels, col_labels, f"--aug {aug}: range [{config.delta_min_px:g}, "
@@ -470,7 +471,7 @@ def predict(
         raise RobustMnistError(f"no images found in {' '.join(inputs[split:])}")
     failed = 0
     table = Table(title="predictions (digit, probability; top-3)")
-    table.add_column("image")
+    table.add_column("image", overflow="fold")
     for name in names:
         table.add_column(name)
     for path in paths:
@@ -491,7 +492,7 @@ def predict(
             out.print_json(json.dumps({"image": str(path), "inverted": pre.inverted,
                                        "predictions": results}))
         else:
-            table.add_row(str(path), *[f"{r['digit']} ({100 * r['probability']:.1f}%)  " + " ".join(
+            table.add_row(path.name, *[f"{r['digit']} ({100 * r['probability']:.1f}%)  " + " ".join(
                 f"{d}:{100 * q:.0f}" for d, q in r["top3"]) for r in results])
         if save_preprocessed is not None:
             stem = save_preprocessed / path.stem

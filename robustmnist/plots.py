@@ -48,8 +48,11 @@ def accuracy_curves(table: pd.DataFrame, x: str, xlabel: str, title: str,
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for variant, g in table.groupby("variant", sort=False):
         g = g.sort_values(x)
-        line = ax.plot(g[x], 100 * g["mean"], marker="o", ms=3, label=f"{variant} (n={int(g['n'].max())})")
-        ax.fill_between(g[x], 100 * g["lo"], 100 * g["hi"], alpha=0.2, color=line[0].get_color())
+        xs = g[x].to_numpy(float)
+        line = ax.plot(xs, 100 * g["mean"].to_numpy(float), marker="o", ms=3,
+                       label=f"{variant} (n={int(g['n'].max())})")
+        ax.fill_between(xs, 100 * g["lo"].to_numpy(float), 100 * g["hi"].to_numpy(float),
+                        alpha=0.2, color=line[0].get_color())
     if reference_x is not None:
         ax.axvline(reference_x, color="grey", ls=":", lw=1)
         ax.text(reference_x, ax.get_ylim()[0], " MNIST mean", color="grey", fontsize=8, va="bottom")
@@ -69,7 +72,8 @@ def binned_accuracy(table: pd.DataFrame, title: str) -> plt.Figure:
     width = 0.8 / max(1, len(variants))
     for i, variant in enumerate(variants):
         g = table[table["variant"] == variant].set_index("bin").reindex(bins)
-        ax.bar(np.arange(len(bins)) + i * width, 100 * (1 - g["mean"]), width, label=variant)
+        ax.bar(np.arange(len(bins)) + i * width, 100 * (1 - g["mean"].to_numpy(float)), width,
+               label=variant)
     counts = table.drop_duplicates("bin").set_index("bin").reindex(bins)["count"]
     ax.set_xticks(np.arange(len(bins)) + 0.4 - width / 2)
     ax.set_xticklabels([f"{b}\n(n={int(c)})" for b, c in zip(bins, counts, strict=True)], fontsize=8)
