@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -82,7 +81,7 @@ def bf16_throughput(device: torch.device, splits, steps: int = 20) -> dict[str, 
             model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
-        def step(i: int) -> None:
+        def step(i: int, model=model, opt=opt, enabled=enabled) -> None:
             x = normalise(to_unit(images[i * 512:(i + 1) * 512]), 0.1307, 0.3081)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled):
                 loss = F.nll_loss(model(x).float(), labels[i * 512:(i + 1) * 512])
@@ -113,7 +112,7 @@ def main() -> None:
     data_dir = default_data_dir()
     fetch(data_dir)
     splits = (load_split("train", data_dir, device), load_split("test", data_dir, device))
-    results: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    results: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                      **artifacts.provenance(device)}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)

@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -265,7 +266,7 @@ def run_cmd(
 ) -> None:
     """Train every (variant, seed) not yet complete, sweep all checkpoints, write the report."""
     import time
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from robustmnist.evaluation import save_sweep, sweep
     from robustmnist.experiments import (
@@ -281,7 +282,7 @@ def run_cmd(
     if jobs < 1:
         raise RobustMnistError(f"--jobs must be >= 1, got {jobs}")
     exp = load_experiment(resolve_path(experiment), output)
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     todo, done = pending_runs(exp)
     total = done + len(todo)
@@ -383,7 +384,8 @@ def measure(
             raise RobustMnistError("the reference describes the clean test set: use --split test")
         ok = np.isfinite(thickness)
         r = float(np.corrcoef(thickness[ok], ref[ok])[0, 1])
-        out.print(f"vs Morpho-MNIST: Pearson r {r:.4f}, mean bias {np.mean(thickness[ok] - ref[ok]):+.3f} px, "
+        bias = float(np.mean(thickness[ok] - ref[ok]))
+        out.print(f"vs Morpho-MNIST: Pearson r {r:.4f}, mean bias {bias:+.3f} px, "
                   f"mean |diff| {np.mean(np.abs(thickness[ok] - ref[ok])):.3f} px")
     if out_csv is not None:
         frame = pd.DataFrame({"index": np.arange(len(images)), "label": loaded.labels.numpy(),
@@ -420,10 +422,9 @@ def augment_preview(
     config = AugConfig.from_policy(aug, delta_min_px=lo, delta_max_px=hi, p_untouched=aug_p)
     images = load_split("train", data_dir, log=_log(quiet)).images[:digits]
     grid, deltas = preview(images, config, draws, seed)
-    grid = grid.numpy()
     col_labels = ["original"] + [f"draw {i + 1}" for i in range(draws)]
     row_labels = [f"#{i}" for i in range(len(images))]
-    fig = digit_grid(grid, row_labels, col_labels, f"--aug {aug}: range [{config.delta_min_px:g}, "
+    fig = digit_grid(grid.numpy(), row_labels, col_labels, f"--aug {aug}: range [{config.delta_min_px:g}, "
                      f"{config.delta_max_px:g}] px, p_untouched {config.p_untouched:g}"
                      f"{', affine' if config.affine else ''}")
     save(fig, out_png)
@@ -458,7 +459,8 @@ def predict(
                                    (Path(inputs[split]) / "checkpoint.pt").is_file()):
         split += 1
     if split == 0:
-        raise RobustMnistError("pass at least one checkpoint first: robustmnist predict RUN/checkpoint.pt photo.jpg")
+        raise RobustMnistError("pass at least one checkpoint first: "
+                               "robustmnist predict RUN/checkpoint.pt photo.jpg")
     if split == len(inputs):
         raise RobustMnistError("no images given after the checkpoint(s)")
     dev = resolve_device(device)
@@ -483,7 +485,7 @@ def predict(
             err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
             continue
         probs = predict_images(models, pre.image[None], dev)[:, 0]  # (models, 10)
-        results = []
+        results: list[dict[str, Any]] = []
         for name, p in zip(names, probs, strict=True):
             top = np.argsort(-p)[:3]
             results.append({"model": name, "digit": int(top[0]), "probability": float(p[top[0]]),

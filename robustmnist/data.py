@@ -18,7 +18,6 @@ import io
 import os
 import pickle
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -60,7 +59,7 @@ DATA_DIR_ENV = "ROBUSTMNIST_DATA_DIR"
 SOURCES_ENV = "ROBUSTMNIST_SOURCES"  # e.g. "cache,pypi" to skip the mirrors
 
 # IDX type codes -> numpy dtype (big-endian as stored).
-_IDX_DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
                0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
@@ -180,7 +179,7 @@ def _from_mirrors(names: Sequence[str], timeout_s: float = 8.0) -> dict[str, byt
                     raise _SourceFailed(f"{mirror}{name}.gz: MD5 mismatch")
                 found[name] = data
             return found
-        except (urllib.error.URLError, socket.timeout, OSError, EOFError, _SourceFailed) as err:
+        except (TimeoutError, urllib.error.URLError, OSError, EOFError, _SourceFailed) as err:
             problems.append(f"{mirror}: {getattr(err, 'reason', err)}")
     raise _SourceFailed("; ".join(problems))
 
@@ -188,7 +187,7 @@ def _from_mirrors(names: Sequence[str], timeout_s: float = 8.0) -> dict[str, byt
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Admits only what a pickled numpy array needs; anything else is refused."""
 
-    _ALLOWED = {
+    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"), ("numpy", "dtype"),
     }

@@ -190,7 +190,8 @@ def save_sweep(result: SweepResult, out_dir: Path) -> dict[str, Path]:
         artifacts.write_text(paths["meta"], json.dumps({**result.meta, "complete": True},
                                                        indent=2, default=str) + "\n")
     except OSError as err:
-        raise RobustMnistError(f"cannot write to {out_dir} ({err.strerror}); choose a writable --out") from err
+        raise RobustMnistError(f"cannot write to {out_dir} ({err.strerror}); "
+                               "choose a writable --out") from err
     return paths
 
 

@@ -91,8 +91,7 @@ def _fail(path: Path, key: str, reason: str) -> RobustMnistError:
 
 def _check_type(path: Path, key: str, value: Any, expected: type | tuple[type, ...], what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, expected):
-        if not (expected is float and isinstance(value, int) and not isinstance(value, bool)):
-            raise _fail(path, key, f"expected {what}, got {value!r}")
+        raise _fail(path, key, f"expected {what}, got {value!r}")
 
 
 def resolve_path(spec: str | None) -> Path:
@@ -172,7 +171,8 @@ def _parse_variants(path: Path, raw: Any) -> tuple[Variant, ...]:
         for k, v in overrides.items():
             expected: type | tuple[type, ...] = bool if k == "affine" else (int, float)
             if (k == "affine") != isinstance(v, bool) or not isinstance(v, expected):
-                raise _fail(path, f"{where}.{k}", f"expected {'true/false' if k == 'affine' else 'a number'}, got {v!r}")
+                kind = "true/false" if k == "affine" else "a number"
+                raise _fail(path, f"{where}.{k}", f"expected {kind}, got {v!r}")
         try:
             aug = AugConfig.from_policy(policy, **overrides)
         except RobustMnistError as err:

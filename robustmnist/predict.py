@@ -75,9 +75,9 @@ def load_gray(path: Path) -> np.ndarray:
             img.seek(0)  # first frame of an animation
             if img.format == "JPEG":
                 img.draft("L", (MAX_SIDE, MAX_SIDE))  # decode at reduced size: bounded memory
-            img = ImageOps.exif_transpose(img)
-            img.load()
-            gray = _to_gray_array(img)
+            oriented = ImageOps.exif_transpose(img)
+            oriented.load()
+            gray = _to_gray_array(oriented)
     except (UnidentifiedImageError, Image.DecompressionBombError) as err:
         raise ImageError(f"{path}: not a readable image ({type(err).__name__})") from None
     except (OSError, SyntaxError, ValueError) as err:
@@ -134,7 +134,7 @@ def mnistify(gray: np.ndarray, normalize_thickness_px: float | None = None,
     if peak < 0.08:
         raise ImageError(f"{name}: no ink found (blank or too faint image)")
     ink8 = np.clip(ink / peak * 255, 0, 255).astype(np.uint8)
-    otsu, mask = cv2.threshold(ink8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    _, mask = cv2.threshold(ink8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     count, labels, comp_stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if count <= 1:
         raise ImageError(f"{name}: no ink found (blank image)")

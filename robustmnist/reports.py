@@ -9,6 +9,7 @@ point to (metrics.csv, for wall times). Output, in the report folder: README.md,
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -20,7 +21,12 @@ import pandas as pd
 from scipy import stats
 
 from robustmnist import RobustMnistError, artifacts
-from robustmnist.evaluation import CLASS_COLUMNS, corruption_errors, load_predictions, prediction_key
+from robustmnist.evaluation import (
+    CLASS_COLUMNS,
+    corruption_errors,
+    load_predictions,
+    prediction_key,
+)
 
 BASELINE = "none"
 FAMILY_TITLES = {
@@ -197,7 +203,7 @@ def binned_clean(rows: pd.DataFrame, bundle: dict[str, Any]) -> pd.DataFrame:
     if thickness is None or labels is None:
         return pd.DataFrame()
     names = [f"<{THICKNESS_BINS[1]:g}"] + [
-        f"{a:g}-{b:g}" for a, b in zip(THICKNESS_BINS[1:-2], THICKNESS_BINS[2:-1], strict=True)
+        f"{a:g}-{b:g}" for a, b in itertools.pairwise(THICKNESS_BINS[1:-1])
     ] + [f">={THICKNESS_BINS[-2]:g}"]
     which = np.digitize(np.nan_to_num(thickness, nan=0.0), THICKNESS_BINS[1:-1])
     out = []
@@ -235,7 +241,8 @@ def findings(rows: pd.DataFrame, acc: pd.DataFrame, mc: pd.DataFrame, variants: 
             base = at.loc[BASELINE] if BASELINE in at.index else None
             if base is None:
                 continue
-            text = (f"{family} {level_label(family, level)} (measured {at['measured_thickness'].iloc[0]:.2f} px): "
+            measured = at["measured_thickness"].iloc[0]
+            text = (f"{family} {level_label(family, level)} (measured {measured:.2f} px): "
                     f"baseline {100 * base['mean']:.2f} %")
             if best == BASELINE:
                 text += "; no variant beats it."
@@ -314,7 +321,7 @@ def _setup_section(rows: pd.DataFrame, metas: list[dict[str, Any]], out_dir: Pat
         f"- Model: {', '.join(sorted(set(rows['model'])))}; epochs per run: "
         f"{', '.join(str(e) for e in sorted(epochs)) or 'n/a'}; seeds per variant: "
         + ", ".join(f"{v} {n}" for v, n in seeds.items()) + ".",
-        f"- Test data MD5 (uncompressed IDX): "
+        "- Test data MD5 (uncompressed IDX): "
         + ", ".join(f"`{k}` {v}" for k, v in meta.get("data_md5", {}).items()) + ".",
         f"- robustmnist {meta.get('version', '?')} (git {meta.get('git_revision') or 'n/a'}), "
         f"torch {machine.get('torch', '?')}, Python {machine.get('python', '?')}.",
@@ -421,7 +428,8 @@ def write_report(results: Sequence[Path], out_dir: Path, title: str = "report",
         md += ["## Do thin MNIST digits already fail?", "",
                "Clean test error (%) per bin of each digit's own measured thickness "
                "(digits per bin: " + ", ".join(f"{b}: {c}" for b, c in counts.items()) + ").", "",
-               _md(pivot.reindex(variants)), "", "![clean error by thickness](clean_error_by_thickness.png)", ""]
+               _md(pivot.reindex(variants)), "",
+               "![clean error by thickness](clean_error_by_thickness.png)", ""]
 
     if bundle["examples"]:
         keys = list(bundle["examples"])

@@ -1,7 +1,13 @@
 import pytest
 
 from robustmnist import RobustMnistError
-from robustmnist.experiments import PRESETS_DIR, load_experiment, pending_runs, resolve_path, train_all
+from robustmnist.experiments import (
+    PRESETS_DIR,
+    load_experiment,
+    pending_runs,
+    resolve_path,
+    train_all,
+)
 
 GOOD = """
 name = "tiny"

@@ -80,14 +80,15 @@ def test_report_refuses_incomplete_results(tmp_path):
     (results / "sweep.json").write_text(json.dumps({"complete": False}))
     with pytest.raises(RobustMnistError, match="incomplete"):
         write_report([results], tmp_path / "report")
-    with pytest.raises(RobustMnistError, match="no sweep.csv"):
+    with pytest.raises(RobustMnistError, match=r"no sweep\.csv"):
         write_report([tmp_path], tmp_path / "report")
 
 
 def test_mean_ci_and_mcnemar():
     assert mean_ci([0.5]) == (0.5, 0.5, 0.5, 1)
-    m, lo, hi, n = mean_ci([1.0, 3.0])
-    assert (m, n) == (2.0, 2) and hi - m == pytest.approx(12.706, rel=1e-3)  # t(0.975, 1) * sd sqrt(2) / sqrt(2)
+    m, _, hi, n = mean_ci([1.0, 3.0])
+    # t(0.975, 1) * sd / sqrt(n) with sd = sqrt(2), n = 2
+    assert (m, n) == (2.0, 2) and hi - m == pytest.approx(12.706, rel=1e-3)
     base = np.array([True] * 10 + [False] * 10)
     other = np.array([True] * 8 + [False] * 2 + [True] * 10)
     b, c, p = mcnemar(base, other)
