@@ -123,7 +123,7 @@ def mnistify(gray: np.ndarray, normalize_thickness_px: float | None = None,
     inverted = bool(np.median(border) > 0.5)
     ink = 1.0 - gray if inverted else gray.copy()
     # 3. illumination: opening with a kernel far wider than a stroke estimates the background.
-    k = max(3, (min(h, w) // 8) | 1)
+    k = max(3, (min(h, w) // 3) | 1)  # wider than any stroke of a digit that fills the photo
     background = cv2.morphologyEx(ink, cv2.MORPH_OPEN,
                                   cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
     background = cv2.GaussianBlur(background, (0, 0), k / 4)

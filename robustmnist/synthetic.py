@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from skimage.morphology import skeletonize
 
 FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_SCRIPT_SIMPLEX)
 
@@ -21,12 +22,20 @@ def draw_photo(digit: int, pen_mnist_px: float, rng: np.random.Generator, *,
     """(height, width) uint8 grey photo of `digit` (dark ink on light paper unless light_ink)."""
     digit_h = int(height * rng.uniform(0.45, 0.6))  # glyph height in the photo, px
     scale = cv2.getFontScaleFromHeight(font, digit_h, 1)
-    pen = max(1, round(pen_mnist_px * digit_h / 20))
-    ink = np.zeros((height, width), np.uint8)
-    (tw, th), _ = cv2.getTextSize(str(digit), font, scale, pen)
+    glyph = np.zeros((height, width), np.uint8)
+    (tw, th), _ = cv2.getTextSize(str(digit), font, scale, 1)
     x = int((width - tw) / 2 + rng.uniform(-0.1, 0.1) * width)
     y = int((height + th) / 2 + rng.uniform(-0.08, 0.08) * height)
-    cv2.putText(ink, str(digit), (x, y), font, scale, 255, pen, cv2.LINE_AA)
+    cv2.putText(glyph, str(digit), (x, y), font, scale, 255, 1, cv2.LINE_8)
+    # OpenCV's own thickness does not scale reliably with large fonts, so the pen is drawn
+    # around the glyph's centre line: every pixel within pen/2 of it is ink (soft 1-px edge).
+    centre = skeletonize(glyph > 0)
+    ys, _ = np.nonzero(centre)
+    box = ys.max() - ys.min() + 1
+    # Normalising to MNIST's 20-px box scales the pen by 20 / (box + pen): solve for the pen.
+    pen = pen_mnist_px * box / (20 - pen_mnist_px)
+    distance = cv2.distanceTransform((~centre).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    ink = np.clip(pen / 2 + 0.5 - distance, 0, 1) * 255
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi)
     ramp = (np.cos(angle) * xx / width + np.sin(angle) * yy / height)
