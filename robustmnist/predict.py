@@ -16,7 +16,7 @@
 5. **Crop** to the bounding box of the kept ink; ink intensities are scaled so the strong
    ink is 1 (anti-aliased edges kept).
 6. **Size-normalise** into a 20x20 box keeping the aspect ratio (area interpolation = the
-   anti-aliasing MNIST's resampling produced).
+   anti-aliasing MNIST's resampling produced); the strongest ink becomes 255, as in MNIST.
 7. **Centre** by centre of mass in 28x28 (whole-pixel shift, as MNIST).
 8. Optionally **redraw at a fixed stroke thickness** (the `absolute` test-set routine).
 
@@ -154,7 +154,7 @@ def mnistify(gray: np.ndarray, normalize_thickness_px: float | None = None,
     small = cv2.resize(soft.astype(np.float32), (nw, nh), interpolation=cv2.INTER_AREA)
     canvas = np.zeros((SIDE, SIDE), np.float32)
     oy, ox = (SIDE - nh) // 2, (SIDE - nw) // 2
-    canvas[oy:oy + nh, ox:ox + nw] = small
+    canvas[oy:oy + nh, ox:ox + nw] = small / max(float(small.max()), 1e-6)  # peak ink = 255
     # 7. centre of mass to the centre of the 28x28 field, by a whole-pixel shift (as MNIST:
     #    no resampling blur, the 20x20 box stays 20x20; the residual is at most 0.5 px).
     cy, cx = centre_of_mass(canvas)
