@@ -121,19 +121,20 @@ class _RichProgress:
         self.epochs = epochs
         self.bar = Progress(TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
                             BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:,.0f} img/s"),
+                            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}  "
+                                       "{task.fields[ips]:,.0f} img/s"),
                             TimeRemainingColumn(), console=err, transient=True)
         self.task: Any = None
 
     def start(self, epoch: int, steps: int) -> None:
         self.bar.start()
         self.task = self.bar.add_task("train", total=steps, epoch=epoch, epochs=self.epochs,
-                                      loss=float("nan"), ips=0.0)
+                                      loss=float("nan"), acc=0.0, ips=0.0)
 
-    def step(self, loss: float, images_per_second: float) -> None:
+    def step(self, loss: float, accuracy: float, images_per_second: float) -> None:
         task = self.bar.tasks[-1]
         advance = min(10, int(task.total or 0) - int(task.completed))
-        self.bar.update(self.task, advance=advance, loss=loss, ips=images_per_second)
+        self.bar.update(self.task, advance=advance, loss=loss, acc=accuracy, ips=images_per_second)
 
     def end(self, row: dict[str, float]) -> None:
         self.bar.stop()

@@ -193,7 +193,7 @@ class Progress:
     """Callbacks the trainer calls; the CLI renders them, tests ignore them."""
 
     def start(self, epoch: int, steps: int) -> None: ...
-    def step(self, loss: float, images_per_second: float) -> None: ...
+    def step(self, loss: float, accuracy: float, images_per_second: float) -> None: ...
     def end(self, row: dict[str, float]) -> None: ...
 
 
@@ -315,7 +315,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, force: bo
             correct += (logp.detach().argmax(1) == y).sum()
             if step % 10 == 9 or step == steps - 1:
                 done = min((step + 1) * config.batch_size, n)
-                progress.step(loss.item(), done / (time.perf_counter() - t0))
+                progress.step(loss.item(), correct.item() / done, done / (time.perf_counter() - t0))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
