@@ -239,6 +239,11 @@ def eval_cmd(
         table.add_row(str(run), str(g["variant"].iloc[0]),
                       *[f"{100 * a:.2f}" for a in g["accuracy"]])
     out.print(table)
+    for _, s in frame.drop_duplicates(["family", "level"]).iterrows():
+        if s["erased_fraction"] > 0.05:
+            err.print(f"warning: {s['family']} {s['level']:+g} leaves {100 * s['erased_fraction']:.0f} % "
+                      f"of digits with under 10 % of their ink (ink ratio {s['ink_ratio']:.2f}); "
+                      "accuracy there measures erased digits", highlight=False)
     if not families:
         for _, r in frame.iterrows():
             out.print(f"{r['run']}: accuracy {100 * r['accuracy']:.2f}%  nll {r['nll']:.4f}")
