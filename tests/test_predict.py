@@ -98,3 +98,21 @@ def test_expand_inputs(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     assert expand_inputs([str(tmp_path)]) == sorted([a, b])
     assert expand_inputs([str(tmp_path / "d1*.jpg")]) == [a]
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_trained_model_reads_clean_synthetic_photos(tmp_path):
+    """Mostly correct on medium-pen photos after 2 real epochs (rate in benchmarks/README.md)."""
+    from robustmnist.predict import predict_images
+    from robustmnist.training import TrainConfig, load_checkpoint, model_from_checkpoint, train
+
+    train(TrainConfig(epochs=2, device="cpu"), tmp_path / "run")
+    ckpt = load_checkpoint(tmp_path / "run")
+    model = (model_from_checkpoint(ckpt), ckpt["config"]["mean"], ckpt["config"]["std"])
+    rng = np.random.default_rng(11)
+    labels = np.arange(60) % 10
+    photos = [draw_photo(int(d), 2.5, rng, font=FONTS[i % 3]) for i, d in enumerate(labels)]
+    images = np.stack([mnistify(p.astype(np.float32) / 255).image for p in photos])
+    accuracy = float(np.mean(predict_images([model], images)[0].argmax(1) == labels))
+    assert accuracy > 0.6
