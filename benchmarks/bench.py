@@ -141,21 +141,29 @@ def main() -> None:
     path = RESULTS / f"{device.type}-{stamp}{'-quick' if args.quick else ''}.json"
     artifacts.write_json(path, results)
     m = results
-    print(f"| measurement ({m['machine']['device_name']}, {m['machine']['torch_threads']} threads) | value |")
-    print("|---|---|")
-    print(f"| standard pipeline epoch | {m['standard_epoch_s']:.1f} s |")
-    print(f"| robustmnist epoch, --aug none | {m['robustmnist_epoch_s']:.1f} s "
-          f"({m['ratio_vs_standard']:.2f}x the standard) |")
-    print(f"| robustmnist epoch, --aug thickness | {m['robustmnist_thickness_epoch_s']:.1f} s "
-          f"(augmentation = {100 * m['aug_overhead_fraction']:.1f} % of the epoch) |")
-    print(f"| training step fp32 / bf16 autocast | {m['step_images_per_s']['fp32']:,.0f} / "
-          f"{m['step_images_per_s']['bf16_autocast']:,.0f} images/s |")
-    print(f"| measure 10,000 test digits | {m['measure_10k_s']:.1f} s |")
+    lines = [
+        f"Measured {m['date']} on {m['machine']['device_name']} ({m['machine']['device']}, "
+        f"{m['machine']['torch_threads']} torch threads, torch {m['machine']['torch']}).",
+        "",
+        "| measurement | value |",
+        "|---|---|",
+        f"| standard pipeline epoch (torchvision MNIST + ToTensor + Normalize + DataLoader) | "
+        f"{m['standard_epoch_s']:.1f} s |",
+        f"| robustmnist epoch, --aug none | {m['robustmnist_epoch_s']:.1f} s "
+        f"(**{m['ratio_vs_standard']:.2f}x** the standard) |",
+        f"| robustmnist epoch, --aug thickness | {m['robustmnist_thickness_epoch_s']:.1f} s "
+        f"(augmentation = **{100 * m['aug_overhead_fraction']:.1f} %** of the epoch) |",
+        f"| training step fp32 / bf16 autocast | {m['step_images_per_s']['fp32']:,.0f} / "
+        f"{m['step_images_per_s']['bf16_autocast']:,.0f} images/s |",
+        f"| measure thickness of 10,000 test digits | {m['measure_10k_s']:.1f} s |",
+    ]
     if "sweep_cold_s" in m:
-        print(f"| default sweep (delta+absolute, 1 checkpoint) cold / warm | "
-              f"{m['sweep_cold_s']:.1f} s / {m['sweep_warm_s']:.1f} s |")
-    print(f"\nwritten to {path}")
-
+        lines.append(f"| default sweep (delta + absolute, 17 sets), 1 checkpoint: cold / warm | "
+                     f"{m['sweep_cold_s']:.1f} s / {m['sweep_warm_s']:.1f} s |")
+    text = "\n".join(lines) + "\n"
+    artifacts.write_text(path.with_suffix(".md"), text)
+    print(text)
+    print(f"written to {path} and {path.with_suffix('.md')}")
 
 if __name__ == "__main__":
     main()
