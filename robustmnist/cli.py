@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
@@ -520,9 +519,5 @@ def predict(
         raise typer.Exit(1)
 
 
-def run() -> None:  # pragma: no cover - console entry point alternative
-    sys.exit(app())
-
-
 if __name__ == "__main__":  # pragma: no cover
-    run()
+    app()

@@ -15,15 +15,13 @@ uninterrupted run would have drawn.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
-import json
 import pickle
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -336,12 +334,3 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, force: bo
     artifacts.write_json(run_dir / "summary.json", summary)
     return TrainResult(run_dir, metrics, True, seconds)
 
-
-def read_run_config(run_dir: Path) -> dict[str, Any]:
-    with contextlib.suppress(OSError, json.JSONDecodeError):
-        return dict(json.loads((Path(run_dir) / "config.json").read_text()))
-    return {}
-
-
-def with_overrides(config: TrainConfig, **kw: Any) -> TrainConfig:
-    return replace(config, **{k: v for k, v in kw.items() if v is not None})
