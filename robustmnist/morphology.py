@@ -119,12 +119,12 @@ def apply_stroke_delta(x: torch.Tensor, stroke_delta_px: torch.Tensor) -> torch.
     lo, hi = LADDER_RANGE
     delta = stroke_delta_px.to(device=x.device, dtype=x.dtype).clamp(lo, hi)
     # Hat-function weights on the integer rungs (linear interpolation); identity weight first.
-    out = x * (1 - delta.abs()).clamp(min=0).view(-1, 1, 1, 1)
+    out = x * (1 - delta.abs()).clamp(min=0).view(-1, 1, 1, 1)  # a new tensor: safe in place
     for level, rung in LADDER.items():
         weight = (1 - (delta - level).abs()).clamp(min=0)  # (B,)
         idx = torch.nonzero(weight > 0).flatten()
         if idx.numel() == 0:
             continue
-        changed = rung(x.index_select(0, idx)) * weight.index_select(0, idx).view(-1, 1, 1, 1)
-        out = out.index_add(0, idx, changed)
-    return out.clamp(0, 1)
+        changed = rung(x.index_select(0, idx)).mul_(weight.index_select(0, idx).view(-1, 1, 1, 1))
+        out.index_add_(0, idx, changed)
+    return out.clamp_(0, 1)
