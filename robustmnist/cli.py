@@ -45,7 +45,8 @@ def handles_errors(fn: F) -> F:
             err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            err.print("interrupted: finished epochs are saved; rerun with --resume to continue")
+            err.print("interrupted: finished epochs are saved; `robustmnist train --resume` or "
+                      "running the same `robustmnist run` again continues from them")
             raise typer.Exit(130) from None
     return wrapper  # type: ignore[return-value]
 
@@ -266,7 +267,7 @@ def run_cmd(
     jobs: Annotated[int, typer.Option(help="Trainings in parallel processes (CPU threads are "
                                       "split between them).")] = 1,
     output: Annotated[Path | None, typer.Option("--out", help="Override the file's output "
-                                                "folder.")] = None,
+                                                "folder (the report then goes to OUT/report).")] = None,
     data_dir: DataDir = None, quiet: Quiet = False,
 ) -> None:
     """Train every (variant, seed) not yet complete, sweep all checkpoints, write the report."""

@@ -143,7 +143,8 @@ def load_experiment(path: Path, output: Path | None = None) -> Experiment:
     variants = _parse_variants(path, raw.get("variants"))
     families = _parse_sweep(path, raw.get("sweep", {}))
     out_dir = output or Path(raw.get("output", f"results/{name}"))
-    report = Path(raw.get("report", f"reports/{name}"))
+    # With --out, the report goes with the results (a trial run must not overwrite reports/).
+    report = out_dir / "report" if output else Path(raw.get("report", f"reports/{name}"))
     return Experiment(name, path, out_dir, report, train, tuple(seeds), variants, families,
                       raw.get("description", ""))
 
