@@ -293,6 +293,9 @@ def run_cmd(
     todo, done = pending_runs(exp)
     total = done + len(todo)
     log = _log(quiet)
+    from robustmnist.data import fetch
+
+    fetch(data_dir, log=log)  # once, visibly, before any training
     log(f"experiment {exp.name}: {total} runs ({done} complete, {len(todo)} to train) -> {exp.output}")
 
     def on_done(run_dir: str, seconds: float, n_done: int, n_total: int) -> None:

@@ -257,9 +257,6 @@ def train_all(exp: Experiment, jobs: int = 1, data_dir: Path | None = None,
             done += 1
             on_done(run_dir, seconds, done, total)
     else:
-        from robustmnist.data import fetch
-
-        fetch(data_dir)  # once, before the workers start reading
         ctx = multiprocessing.get_context("spawn")  # fork + OpenMP threads can deadlock
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             futures = {pool.submit(_train_one, job) for job in work}
