@@ -500,8 +500,8 @@ def predict(
             results.append({"model": name, "digit": int(top[0]), "probability": float(p[top[0]]),
                             "top3": [[int(d), round(float(p[d]), 4)] for d in top]})
         if as_json:
-            out.print_json(json.dumps({"image": str(path), "inverted": pre.inverted,
-                                       "predictions": results}))
+            typer.echo(json.dumps({"image": str(path), "inverted": pre.inverted,
+                                   "predictions": results}))  # one JSON object per line
         else:
             table.add_row(path.name, *[f"{r['digit']} ({100 * r['probability']:.1f}%)  " + " ".join(
                 f"{d}:{100 * q:.0f}" for d, q in r["top3"]) for r in results])

@@ -232,8 +232,9 @@ def findings(rows: pd.DataFrame, acc: pd.DataFrame, mc: pd.DataFrame, variants: 
     others = [v for v in variants if v != BASELINE]
     clean = acc[acc["family"] == "clean"].set_index("variant")
     base_clean = clean.loc[BASELINE]
+    n = int(base_clean["n"])
     lines.append(f"The baseline reaches {100 * base_clean['mean']:.2f} % clean test accuracy "
-                 f"(n = {int(base_clean['n'])} seeds).")
+                 f"(n = {n} seed{'s' if n != 1 else ''}).")
     for family in [f for f in FAMILY_TITLES if f in set(rows["family"])]:
         fam = acc[acc["family"] == family]
         levels = sorted(fam["level"].unique())
