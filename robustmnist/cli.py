@@ -108,6 +108,19 @@ def data_export(
     out.print(f"wrote {count} PNGs and labels.csv to {out_dir}")
 
 
+def _aug_config(policy: str, aug_range: str | None, aug_p: float | None) -> Any:
+    """The AugConfig for --aug/--aug-range MIN,MAX/--aug-p (policy defaults where unset)."""
+    from robustmnist.augmentation import AugConfig
+
+    lo = hi = None
+    if aug_range is not None:
+        try:
+            lo, hi = (float(v) for v in aug_range.split(","))
+        except ValueError:
+            raise RobustMnistError(f"--aug-range {aug_range!r}: expected MIN,MAX such as -1,2") from None
+    return AugConfig.from_policy(policy, delta_min_px=lo, delta_max_px=hi, p_untouched=aug_p)
+
+
 def _cache_dir(data_dir: Path | None) -> Path:
     from robustmnist.data import default_data_dir
 
@@ -171,17 +184,10 @@ def train(
     """Train a model (classic recipe by default) into a run folder; resumable."""
     import torch
 
-    from robustmnist.augmentation import AugConfig
     from robustmnist.training import TrainConfig, resolve_device
     from robustmnist.training import train as train_fn
 
-    lo = hi = None
-    if aug_range is not None:
-        try:
-            lo, hi = (float(v) for v in aug_range.split(","))
-        except ValueError:
-            raise RobustMnistError(f"--aug-range {aug_range!r}: expected MIN,MAX such as -1,2") from None
-    aug_config = AugConfig.from_policy(aug, delta_min_px=lo, delta_max_px=hi, p_untouched=aug_p)
+    aug_config = _aug_config(aug, aug_range, aug_p)
     config = TrainConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          device=device, aug=aug_config).validate()
     if threads:
@@ -418,17 +424,11 @@ def augment_preview(
     data_dir: DataDir = None, quiet: Quiet = False,
 ) -> None:
     """Write a PNG grid: the same training digits under several draws of a policy."""
-    from robustmnist.augmentation import AugConfig, preview
+    from robustmnist.augmentation import preview
     from robustmnist.data import load_split
     from robustmnist.plots import digit_grid, save
 
-    lo = hi = None
-    if aug_range:
-        try:
-            lo, hi = (float(v) for v in aug_range.split(","))
-        except ValueError:
-            raise RobustMnistError(f"--aug-range {aug_range!r}: expected MIN,MAX such as -1,2") from None
-    config = AugConfig.from_policy(aug, delta_min_px=lo, delta_max_px=hi, p_untouched=aug_p)
+    config = _aug_config(aug, aug_range, aug_p)
     images = load_split("train", data_dir, log=_log(quiet)).images[:digits]
     grid, deltas = preview(images, config, draws, seed)
     col_labels = ["original"] + [f"draw {i + 1}" for i in range(draws)]
