@@ -13,8 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 
-from robustmnist import __version__
+from robustmnist import RobustMnistError, __version__
+
+#: Written into every folder robustmnist creates: what it may later replace or delete.
+OWNER_MARK = ".robustmnist"
+LOCK_NAME = ".robustmnist.lock"
 
 
 @contextlib.contextmanager
@@ -24,15 +29,37 @@ def atomic_path(path: Path) -> Iterator[Path]:
     A crash or Ctrl-C in the block leaves the previous `path` untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise RobustMnistError(f"{path} is a folder; name a file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise write_error(path, err) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+            os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp makes 0600: others could not read it
+            os.replace(tmp_path, path)
+        except OSError as err:
+            raise write_error(path, err) from None
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process umask (read without changing it for long)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_error(path: Path, err: OSError) -> RobustMnistError:
+    """One line for a failed write: the path, the reason, the way out."""
+    return RobustMnistError(f"cannot write {path} ({err.strerror or err}); free some disk space "
+                            "or choose a writable location")
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -51,6 +78,55 @@ def write_json(path: Path, obj: Any) -> None:
 def torch_save(path: Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def claim_dir(path: Path, what: str = "folder") -> Path:
+    """Make `path` a folder robustmnist owns: create it (with the owner mark) or accept one
+    that is empty or already marked. Anything else is refused, so a user's own files are
+    never replaced or deleted."""
+    path = Path(path)
+    if path.is_symlink():
+        raise RobustMnistError(f"{path} is a symbolic link; name the real folder for the {what}")
+    if path.exists() and not path.is_dir():
+        raise RobustMnistError(f"{path} is a file, not a folder; choose a folder for the {what}")
+    try:
+        if path.is_dir() and not owns(path):
+            foreign = sorted(p.name for p in path.iterdir())
+            if foreign:
+                raise RobustMnistError(
+                    f"{path} is not empty and robustmnist did not create it ({', '.join(foreign[:3])}"
+                    f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty folder for the "
+                    f"{what} (if robustmnist wrote it, create an empty {OWNER_MARK} file in it)")
+        path.mkdir(parents=True, exist_ok=True)
+        mark = path / OWNER_MARK
+        if not mark.exists():
+            mark.write_text(json.dumps({"created_by": "robustmnist", "version": __version__}) + "\n")
+    except OSError as err:
+        raise write_error(path, err) from None
+    return path
+
+
+def owns(path: Path) -> bool:
+    """True for a folder robustmnist created (it carries the owner mark)."""
+    return (Path(path) / OWNER_MARK).is_file()
+
+
+@contextlib.contextmanager
+def folder_lock(path: Path, what: str = "folder") -> Iterator[None]:
+    """Hold `path`'s lock file; another process asking for it gets a clear error at once."""
+    lock = FileLock(str(Path(path) / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RobustMnistError(f"{path} is in use by another robustmnist process (lock "
+                               f"{Path(path) / LOCK_NAME}); wait for it to finish or choose "
+                               f"another {what}") from None
+    except OSError as err:
+        raise write_error(Path(path) / LOCK_NAME, err) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def git_revision(start: Path | None = None) -> str | None:

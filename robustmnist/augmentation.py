@@ -17,72 +17,15 @@ exactly; parameters are drawn first (`sample`), then applied deterministically (
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from kornia.geometry.transform import get_affine_matrix2d, warp_affine
 
-from robustmnist import RobustMnistError
-from robustmnist.morphology import LADDER_RANGE, apply_stroke_delta
+from robustmnist.config import POLICIES, AugConfig
+from robustmnist.morphology import apply_stroke_delta
 
-#: policy name -> the AugConfig fields it sets (everything else keeps its default).
-POLICIES: dict[str, dict[str, Any]] = {
-    "none": {},
-    "thickness": {"delta_min_px": -1.0, "delta_max_px": 2.0},
-    "thin": {"delta_min_px": -1.0, "delta_max_px": 0.0},
-    "thick": {"delta_min_px": 0.0, "delta_max_px": 2.0},
-    "thickness+affine": {"delta_min_px": -1.0, "delta_max_px": 2.0, "affine": True},
-}
-
-
-@dataclass(frozen=True)
-class AugConfig:
-    """One augmentation policy, fully resolved (saved in every run's config)."""
-
-    policy: str = "none"
-    delta_min_px: float = 0.0   # smallest stroke change, px of total width at 28x28 (<0 thins)
-    delta_max_px: float = 0.0   # largest stroke change, px (>0 thickens)
-    p_untouched: float = 0.2    # probability that an image keeps its original strokes
-    affine: bool = False        # add a small random affine after the stroke change
-    affine_degrees: float = 10.0     # max rotation, degrees (uniform +/-)
-    affine_translate: float = 0.08   # max shift, fraction of the image side (uniform +/-)
-    affine_scale: float = 0.1        # max relative zoom (uniform 1 +/- this)
-
-    @property
-    def is_identity(self) -> bool:
-        thickness_off = self.delta_min_px == 0 and self.delta_max_px == 0
-        return thickness_off and not self.affine
-
-    def validate(self) -> AugConfig:
-        lo, hi = LADDER_RANGE
-        if self.policy not in POLICIES:
-            raise RobustMnistError(f"unknown augmentation {self.policy!r}; "
-                                   f"choose one of {', '.join(POLICIES)}")
-        if not lo <= self.delta_min_px <= self.delta_max_px <= hi:
-            raise RobustMnistError(
-                f"augmentation range [{self.delta_min_px}, {self.delta_max_px}] px is invalid; "
-                f"need {lo} <= min <= max <= {hi} (the 28x28 stroke ladder)")
-        if not 0 <= self.p_untouched <= 1:
-            raise RobustMnistError(f"p_untouched={self.p_untouched} must be within [0, 1]")
-        if self.affine_degrees < 0 or self.affine_translate < 0 or not 0 <= self.affine_scale < 1:
-            raise RobustMnistError("affine parameters must be >= 0 (and affine_scale < 1)")
-        return self
-
-    @classmethod
-    def from_policy(cls, policy: str, **overrides: Any) -> AugConfig:
-        """The named policy's defaults with `overrides` (None values ignored) applied."""
-        if policy not in POLICIES:
-            raise RobustMnistError(f"unknown augmentation {policy!r}; "
-                                   f"choose one of {', '.join(POLICIES)}")
-        known = {f.name for f in fields(cls)}
-        unknown = set(overrides) - known
-        if unknown:
-            raise RobustMnistError(f"unknown augmentation option(s) {sorted(unknown)}; "
-                                   f"known: {', '.join(sorted(known - {'policy'}))}")
-        base = cls(policy=policy, **POLICIES[policy])
-        return replace(base, **{k: v for k, v in overrides.items() if v is not None}).validate()
-
+__all__ = ["POLICIES", "AugConfig", "AugParams", "apply", "augment", "preview", "sample"]
 
 @dataclass(frozen=True)
 class AugParams:

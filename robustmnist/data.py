@@ -339,19 +339,29 @@ def export_images(images: torch.Tensor, labels: torch.Tensor, out_dir: Path,
                   force: bool = False) -> int:
     """Write ``00000.png ...`` plus ``labels.csv`` (file,label) into `out_dir`; return the count.
 
-    Refuses a non-empty `out_dir` unless `force`. Written into a temporary sibling folder and
-    renamed at the end, so an interrupted export leaves nothing half-written.
+    Refuses an existing non-empty `out_dir` unless `force`, and even then replaces only a
+    folder robustmnist created (a user's own folder is never emptied). Written into a
+    temporary sibling folder and renamed at the end, so an interrupted export leaves nothing
+    half-written.
     """
     import cv2
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RobustMnistError(f"{out_dir} is a file; choose a folder for the export")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise RobustMnistError(f"{out_dir} is not empty; choose another folder or pass --force")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise RobustMnistError(f"{out_dir} is a file or a link; choose a new folder for the export")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not force:
+            raise RobustMnistError(f"{out_dir} is not empty; choose another folder or pass --force")
+        if not artifacts.owns(out_dir):
+            raise RobustMnistError(f"{out_dir} holds files robustmnist did not write; --force "
+                                   "replaces only a folder robustmnist created: choose a new folder")
     try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    except OSError as err:
+        raise artifacts.write_error(out_dir, err) from None
+    try:
+        artifacts.claim_dir(tmp, "export")
         pixels = images.detach().cpu().reshape(-1, 28, 28).numpy()
         width = max(5, len(str(len(pixels))))
         rows = ["file,label"]
@@ -361,9 +371,12 @@ def export_images(images: torch.Tensor, labels: torch.Tensor, out_dir: Path,
                 raise RobustMnistError(f"could not write {tmp / name}; check disk space")
             rows.append(f"{name},{label}")
         (tmp / "labels.csv").write_text("\n".join(rows) + "\n")
+        os.chmod(tmp, 0o777 & ~artifacts.current_umask())  # mkdtemp makes 0700
         if out_dir.exists():
-            shutil.rmtree(out_dir)
+            shutil.rmtree(out_dir)  # empty, or a robustmnist export (checked above)
         os.replace(tmp, out_dir)
+    except OSError as err:
+        raise artifacts.write_error(out_dir, err) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,9 +1,10 @@
 """Evaluation: checkpoints x (clean + thickness-perturbed test sets) -> tidy rows.
 
-Rows are plain dicts (one per checkpoint x family x level), the format every later step reads:
-``run, model, variant, seed, epochs, family, level, measured_thickness, ink_ratio,
+Rows (one per checkpoint x family x level) are the format every later step reads:
+``run, model, variant, seed, epochs, checkpoint, family, level, measured_thickness, ink_ratio,
 erased_fraction, n, accuracy, error, nll, acc_class_0 .. acc_class_9``. Per-image predictions
-are kept too (for paired McNemar tests in reports).
+are kept as one (rows, N) array aligned with the rows (for paired McNemar tests in reports).
+A sweep folder (`layout.SweepDir`) holds sweep.csv, predictions.npz and sweep.json.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import io
 import json
 import os
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,40 +24,47 @@ import pandas as pd
 import torch
 
 from robustmnist import RobustMnistError, artifacts
-from robustmnist.data import MD5, load_split
-from robustmnist.perturb import DEFAULT_LEVELS, FAMILIES, check_level, load_or_build
-from robustmnist.training import evaluate_split, load_checkpoint, model_from_checkpoint
+from robustmnist.checkpoint import Checkpoint, Classifier, load_checkpoint
+from robustmnist.data import MD5, MnistSplit, load_split
+from robustmnist.layout import RunDir, SweepDir
+from robustmnist.perturb import DEFAULT_LEVELS, FAMILIES, PerturbedSet, check_level, load_or_build
 
 CLASS_COLUMNS = [f"acc_class_{c}" for c in range(10)]
+REQUIRED_COLUMNS = ("run", "variant", "seed", "family", "level", "accuracy")
 N_EXAMPLES = 8  # example digits kept per set, for the report's grid
+#: A level that leaves more than this share of digits nearly erased gets a warning.
+ERASED_WARNING = 0.05
+
+Log = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class EvaluatedSet:
-    family: str
-    level: float
-    images: torch.Tensor      # uint8 (N, 1, 28, 28) on the evaluation device
-    measured_thickness: float
-    ink_ratio: float
-    erased_fraction: float
-    digit_thickness: np.ndarray   # (N,) measured per digit, px
+def _quiet(_msg: str) -> None:
+    pass
 
 
-@dataclass
-class SweepResult:
-    rows: list[dict[str, Any]]
-    labels: np.ndarray
-    predictions: dict[str, np.ndarray] = field(default_factory=dict)  # key(run, fam, lvl) -> (N,)
-    meta: dict[str, Any] = field(default_factory=dict)
-    clean_thickness: np.ndarray | None = None  # (N,) each clean test digit's own thickness
-    examples: dict[str, np.ndarray] = field(default_factory=dict)  # "fam|lvl" -> (K, 28, 28)
+def cache_dir_of(data_dir: Path | None) -> Path:
+    """Where perturbed test sets are cached: ``<data dir>/perturbed``."""
+    from robustmnist.data import default_data_dir
 
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows)
+    return (Path(data_dir) if data_dir else default_data_dir()) / "perturbed"
 
 
-def prediction_key(run: str, family: str, level: float) -> str:
-    return f"{run}|{family}|{level:g}"
+def test_set(family: str, level: float, data_dir: Path | None = None,
+             cache_dir: Path | None = None, log: Log = _quiet,
+             test: MnistSplit | None = None) -> tuple[PerturbedSet, np.ndarray]:
+    """The (family, level) version of the MNIST test set (built once, then cached) and its
+    labels. ``clean`` (level 0) is the unmodified set, measured the same way. `test` may be
+    passed when already loaded."""
+    check_level(family, level)
+    test = test or load_split("test", data_dir, log=log)
+    t0 = time.perf_counter()
+    pset, built = load_or_build(test.images[:, 0].numpy(), family, level,
+                                MD5["t10k-images-idx3-ubyte"],
+                                cache_dir if cache_dir is not None else cache_dir_of(data_dir))
+    if built:
+        log(f"built {family} {level:g} in {time.perf_counter() - t0:.1f}s "
+            f"(measured {pset.mean_thickness:.2f} px, ink {pset.mean_ink_ratio:.2f})")
+    return pset, test.labels.numpy()
 
 
 def parse_levels(families: Sequence[str], levels: Sequence[float] | None) -> dict[str, list[float]]:
@@ -65,148 +74,205 @@ def parse_levels(families: Sequence[str], levels: Sequence[float] | None) -> dic
         if family not in FAMILIES or family == "clean":
             raise RobustMnistError(f"unknown family {family!r}; choose from "
                                    f"{', '.join(f for f in FAMILIES if f != 'clean')}")
-        family_levels = list(levels) if levels else list(DEFAULT_LEVELS[family])
+        family_levels = list(dict.fromkeys(levels)) if levels else list(DEFAULT_LEVELS[family])
         for level in family_levels:
             check_level(family, level)
         chosen[family] = family_levels
     return chosen
 
 
-def checkpoint_identity(ckpt: dict[str, Any]) -> dict[str, Any]:
-    config = ckpt["config"]
-    meta = ckpt.get("meta", {})
-    run = meta.get("run_name") or Path(ckpt["path"]).parent.name
-    return {"run": run, "model": ckpt["model"],
-            "variant": meta.get("variant") or config["aug"]["policy"],
-            "seed": int(config["seed"]), "epochs": int(ckpt["epoch"])}
+@dataclass
+class SweepResult:
+    rows: list[dict[str, Any]]
+    labels: np.ndarray                   # (N,) test labels
+    predictions: np.ndarray              # (rows, N) int8, aligned with `rows`
+    meta: dict[str, Any] = field(default_factory=dict)
+    clean_thickness: np.ndarray | None = None  # (N,) each clean test digit's own thickness
+    example_sets: list[tuple[str, float]] = field(default_factory=list)
+    examples: np.ndarray | None = None   # (sets, K, 28, 28) uint8, aligned with example_sets
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
 
 
-def build_sets(families: dict[str, list[float]], data_dir: Path | None, cache_dir: Path | None,
-               device: torch.device, log: Callable[[str], None] = lambda _m: None,
-               ) -> tuple[list[EvaluatedSet], torch.Tensor]:
-    """The clean test set plus each (family, level) set, on `device`; labels too."""
-    test = load_split("test", data_dir, log=log)
-    originals = test.images[:, 0].numpy()
-    source_md5 = MD5["t10k-images-idx3-ubyte"]
-    sets = []
-    for family, levels in [("clean", [0.0]), *families.items()]:
-        for level in levels:
-            t0 = time.perf_counter()
-            pset, built = load_or_build(originals, family, level, source_md5, cache_dir)
-            if built:
-                log(f"built {family} {level:g} in {time.perf_counter() - t0:.1f}s "
-                    f"(measured {pset.mean_thickness:.2f} px, ink {pset.mean_ink_ratio:.2f})")
-            sets.append(EvaluatedSet(
-                family, float(level), torch.from_numpy(pset.images).unsqueeze(1).to(device),
-                pset.mean_thickness, pset.mean_ink_ratio, pset.erased_fraction, pset.thickness))
-    return sets, test.labels.to(device)
-
-
-def sweep(checkpoints: Sequence[Path], families: dict[str, list[float]], *,
-          device: torch.device, data_dir: Path | None = None, cache_dir: Path | None = None,
-          log: Callable[[str], None] = lambda _m: None) -> SweepResult:
-    """Evaluate every checkpoint on the clean set and every (family, level) set."""
-    t0 = time.perf_counter()
-    loaded = [load_checkpoint(Path(c)) for c in checkpoints]  # fail fast, before any work
-    identities = [checkpoint_identity(c) for c in loaded]
+def _unique_identities(loaded: Sequence[Checkpoint]) -> list[dict[str, Any]]:
+    identities = [c.identity() for c in loaded]
     names = [i["run"] for i in identities]
     if len(set(names)) != len(names):
         # Two run folders of the same name: qualify with the parent folder.
         for ident, ckpt in zip(identities, loaded, strict=True):
-            ident["run"] = str(Path(ckpt["path"]).parent)
-    sets, labels = build_sets(families, data_dir, cache_dir, device, log)
-    labels_np = labels.cpu().numpy()
-    rows: list[dict[str, Any]] = []
-    predictions: dict[str, np.ndarray] = {}
-    for ckpt, ident in zip(loaded, identities, strict=True):
-        model = model_from_checkpoint(ckpt, device)
-        config = ckpt["config"]
-        for s in sets:
-            nll, acc, pred = evaluate_split(model, s.images, labels, config["mean"], config["std"])
-            pred_np = pred.cpu().numpy().astype(np.int8)
-            predictions[prediction_key(ident["run"], s.family, s.level)] = pred_np
-            row = {**ident, "checkpoint": ckpt["path"], "family": s.family, "level": s.level,
-                   "measured_thickness": s.measured_thickness, "ink_ratio": s.ink_ratio,
-                   "erased_fraction": s.erased_fraction, "n": len(labels_np),
-                   "accuracy": acc, "error": 1 - acc, "nll": nll}
-            for c in range(10):
-                mask = labels_np == c
-                row[CLASS_COLUMNS[c]] = float((pred_np[mask] == c).mean()) if mask.any() else np.nan
-            rows.append(row)
+            ident["run"] = str(ckpt.path.parent)
+    if len({i["run"] for i in identities}) != len(identities):
+        raise RobustMnistError("the same checkpoint is listed twice; pass each once")
+    return identities
+
+
+def _row(ident: dict[str, Any], ckpt: Checkpoint, pset: PerturbedSet, labels: np.ndarray,
+         nll: float, acc: float, pred: np.ndarray) -> dict[str, Any]:
+    row = {**ident, "checkpoint": str(ckpt.path), "family": pset.family, "level": float(pset.level),
+           "measured_thickness": pset.mean_thickness, "ink_ratio": pset.mean_ink_ratio,
+           "erased_fraction": pset.erased_fraction, "n": len(labels),
+           "accuracy": acc, "error": 1 - acc, "nll": nll}
+    for c in range(10):
+        mask = labels == c
+        row[CLASS_COLUMNS[c]] = float((pred[mask] == c).mean()) if mask.any() else np.nan
+    return row
+
+
+def sweep(checkpoints: Sequence[Path], families: dict[str, list[float]], *,
+          device: torch.device, data_dir: Path | None = None, cache_dir: Path | None = None,
+          log: Log = _quiet) -> SweepResult:
+    """Evaluate every checkpoint on the clean set and every (family, level) set.
+
+    Each set is loaded once and every checkpoint is evaluated on it; rows come out
+    checkpoint-major (all sets of the first checkpoint, then the next)."""
+    t0 = time.perf_counter()
+    loaded = [load_checkpoint(Path(c)) for c in checkpoints]  # fail fast, before any work
+    identities = _unique_identities(loaded)
+    models = [Classifier.from_checkpoint(c, device) for c in loaded]
+    sets = [(family, float(level)) for family, levels in [("clean", [0.0]), *families.items()]
+            for level in levels]
+    results: list[list[tuple[dict[str, Any], np.ndarray]]] = [[] for _ in loaded]
+    examples, clean_thickness, labels = [], None, np.zeros(0)
+    test = load_split("test", data_dir, log=log)
+    for family, level in sets:
+        pset, labels = test_set(family, level, data_dir, cache_dir, log, test)
+        if family == "clean":
+            clean_thickness = pset.thickness
+        examples.append(pset.images[:N_EXAMPLES])
+        images = torch.from_numpy(pset.images).unsqueeze(1).to(device)
+        labels_t = torch.from_numpy(labels).to(device)
+        for i, (ckpt, model) in enumerate(zip(loaded, models, strict=True)):
+            nll, acc, pred_t = model.evaluate(images, labels_t)
+            pred = pred_t.cpu().numpy().astype(np.int8)
+            results[i].append((_row(identities[i], ckpt, pset, labels, nll, acc, pred), pred))
+    for ident in identities:
         log(f"evaluated {ident['run']} on {len(sets)} sets")
-    meta = {"checkpoints": [str(c["path"]) for c in loaded], "families": families,
-            "checkpoint_mtimes": {str(c["path"]): os.path.getmtime(c["path"]) for c in loaded},
+    flat = [r for per_ckpt in results for r in per_ckpt]
+    meta = {"checkpoints": [str(c.path) for c in loaded], "families": families,
+            "checkpoint_mtimes": {str(c.path): os.path.getmtime(c.path) for c in loaded},
+            "training": {i["run"]: training_record(c) for i, c in zip(identities, loaded, strict=True)},
             "seconds": time.perf_counter() - t0, **artifacts.provenance(device),
             "data_md5": {k: MD5[k] for k in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}}
-    examples = {f"{s.family}|{s.level:g}": s.images[:N_EXAMPLES, 0].cpu().numpy() for s in sets}
-    return SweepResult(rows, labels_np, predictions, meta, sets[0].digit_thickness, examples)
+    return SweepResult([r for r, _ in flat], labels,
+                       np.stack([p for _, p in flat]) if flat else np.zeros((0, len(labels)), np.int8),
+                       meta, clean_thickness, sets, np.stack(examples))
 
 
-def corruption_errors(frame: pd.DataFrame, family: str = "delta") -> pd.DataFrame:
-    """CE and relative CE per run vs the unaugmented baseline of the same seed (= 100).
+def training_record(ckpt: Checkpoint) -> dict[str, Any]:
+    """Epochs and summed epoch seconds of a run (from its metrics.csv, when next to it)."""
+    from robustmnist.training import read_metrics
 
-    CE = sum over levels of error / the baseline's sum; relative CE uses error - clean error.
-    Runs whose seed has no baseline get NaN.
-    """
+    metrics = read_metrics(RunDir(ckpt.path.parent).metrics) if ckpt.path.name == "checkpoint.pt" else []
+    return {"epochs": len(metrics) or ckpt.epoch,
+            "train_seconds": sum(m["epoch_seconds"] for m in metrics) if metrics else None}
+
+
+def erased_warnings(frame: pd.DataFrame) -> list[str]:
+    """One warning per level that nearly erases more than ERASED_WARNING of the digits."""
     out = []
-    fam = frame[frame["family"] == family]
-    clean = frame[frame["family"] == "clean"].set_index("run")["error"]
-    for run, group in fam.groupby("run", sort=False):
-        ident = group.iloc[0]
-        base = fam[(fam["variant"] == "none") & (fam["seed"] == ident["seed"])]
-        ce = rce = np.nan
-        if not base.empty:
-            base_run = base["run"].iloc[0]
-            merged = group.merge(base[["level", "error"]], on="level", suffixes=("", "_base"))
-            if len(merged) == len(group) and merged["error_base"].sum() > 0:
-                ce = 100 * merged["error"].sum() / merged["error_base"].sum()
-                rel = (merged["error"] - clean[run]).sum()
-                rel_base = (merged["error_base"] - clean[base_run]).sum()
-                rce = 100 * rel / rel_base if rel_base > 0 else np.nan
-        out.append({"run": run, "variant": ident["variant"], "seed": ident["seed"],
-                    "family": family, "ce": ce, "relative_ce": rce})
-    return pd.DataFrame(out)
+    for _, s in frame.drop_duplicates(["family", "level"]).iterrows():
+        if s["erased_fraction"] > ERASED_WARNING:
+            out.append(f"{s['family']} {s['level']:+g} leaves {100 * s['erased_fraction']:.0f} % "
+                       f"of digits with under 10 % of their ink (ink ratio {s['ink_ratio']:.2f}); "
+                       "accuracy there measures erased digits")
+    return out
 
 
-def save_sweep(result: SweepResult, out_dir: Path) -> dict[str, Path]:
+# --------------------------------------------------------------------------- files
+
+def save_sweep(result: SweepResult, out_dir: Path) -> SweepDir:
     """Write sweep.csv, predictions.npz and sweep.json (the latter last: it marks completion)."""
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise RobustMnistError(f"cannot create {out_dir} ({err.strerror}); choose a writable --out") from err
-    paths = {"csv": out_dir / "sweep.csv", "predictions": out_dir / "predictions.npz",
-             "meta": out_dir / "sweep.json"}
-    try:
-        artifacts.write_text(paths["csv"], result.frame().to_csv(index=False))
+    folder = SweepDir(Path(out_dir))
+    artifacts.claim_dir(folder.root, "sweep folder")
+    with artifacts.folder_lock(folder.root, "sweep folder"):
+        artifacts.write_text(folder.csv, result.frame().to_csv(index=False))
         buf = io.BytesIO()
-        np.savez_compressed(buf, labels=result.labels.astype(np.int8),
-                            keys=np.array(list(result.predictions)),
-                            predictions=np.stack(list(result.predictions.values())),
-                            clean_thickness=np.asarray(result.clean_thickness, np.float32),
-                            example_keys=np.array(list(result.examples)),
-                            examples=np.stack(list(result.examples.values())))
-        artifacts.write_bytes(paths["predictions"], buf.getvalue())
-        artifacts.write_text(paths["meta"], json.dumps({**result.meta, "complete": True},
-                                                       indent=2, default=str) + "\n")
-    except OSError as err:
-        raise RobustMnistError(f"cannot write to {out_dir} ({err.strerror}); "
-                               "choose a writable --out") from err
-    return paths
+        np.savez_compressed(
+            buf, labels=result.labels.astype(np.int8), predictions=result.predictions,
+            clean_thickness=np.asarray(result.clean_thickness, np.float32),
+            example_family=np.array([f for f, _ in result.example_sets]),
+            example_level=np.array([lv for _, lv in result.example_sets], np.float64),
+            examples=result.examples if result.examples is not None else np.zeros((0, 0, 28, 28)))
+        artifacts.write_bytes(folder.predictions, buf.getvalue())
+        artifacts.write_text(folder.meta, json.dumps({**result.meta, "complete": True},
+                                                     indent=2, default=str) + "\n")
+    return folder
 
 
 @dataclass(frozen=True)
-class SavedPredictions:
+class SavedSweep:
+    """A sweep folder read back: rows, predictions aligned with them, provenance."""
+
+    folder: SweepDir
+    rows: pd.DataFrame
+    meta: dict[str, Any]
     labels: np.ndarray
-    predictions: dict[str, np.ndarray]
+    predictions: np.ndarray       # (rows, N)
     clean_thickness: np.ndarray
-    examples: dict[str, np.ndarray]
+    example_sets: list[tuple[str, float]]
+    examples: np.ndarray          # (sets, K, 28, 28)
 
 
-def load_predictions(path: Path) -> SavedPredictions:
-    with np.load(path, allow_pickle=False) as z:
-        return SavedPredictions(
-            z["labels"].astype(np.int64),
-            dict(zip([str(k) for k in z["keys"]], z["predictions"], strict=True)),
-            z["clean_thickness"],
-            dict(zip([str(k) for k in z["example_keys"]], z["examples"], strict=True)))
+def load_sweep(path: Path) -> SavedSweep:
+    """Read a complete sweep folder; one clear error for anything missing or malformed."""
+    folder = SweepDir.of(path)
+    if not folder.csv.is_file():
+        raise RobustMnistError(f"{folder.root}: no sweep.csv; pass a folder written by "
+                               "`robustmnist eval --sweep-width --out` or `robustmnist run`")
+    try:
+        meta = json.loads(folder.meta.read_text()) if folder.meta.is_file() else {}
+    except (OSError, ValueError) as err:
+        raise RobustMnistError(f"{folder.meta}: unreadable ({err}); rerun the evaluation") from None
+    if not isinstance(meta, dict) or meta.get("complete") is not True:
+        raise RobustMnistError(f"{folder.root}: the sweep is incomplete (no complete sweep.json); "
+                               "rerun the evaluation")
+    try:
+        rows = pd.read_csv(folder.csv)
+    except (OSError, ValueError) as err:
+        raise RobustMnistError(f"{folder.csv}: unreadable ({str(err).splitlines()[0]}); "
+                               "rerun the evaluation") from None
+    missing = set(REQUIRED_COLUMNS) - set(rows.columns)
+    if missing or rows.empty:
+        raise RobustMnistError(f"{folder.csv}: " + (f"missing columns {sorted(missing)}" if missing
+                               else "no rows") + "; rerun the evaluation")
+    try:
+        with np.load(folder.predictions, allow_pickle=False) as z:
+            saved = {k: z[k] for k in ("labels", "predictions", "clean_thickness",
+                                       "example_family", "example_level", "examples")}
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise RobustMnistError(f"{folder.predictions}: missing or unreadable ({type(err).__name__}); "
+                               "rerun the evaluation") from None
+    preds, labels = saved["predictions"], saved["labels"].astype(np.int64)
+    if preds.ndim != 2 or preds.shape != (len(rows), len(labels)):
+        raise RobustMnistError(f"{folder.predictions}: {preds.shape} predictions do not match "
+                               f"{len(rows)} rows of sweep.csv; rerun the evaluation")
+    sets = [(str(f), float(lv)) for f, lv in zip(saved["example_family"], saved["example_level"],
+                                                 strict=True)]
+    return SavedSweep(folder, rows, meta, labels, preds, saved["clean_thickness"], sets,
+                      saved["examples"])
+
+
+@dataclass(frozen=True)
+class MeasuredSet:
+    thickness: np.ndarray   # (N,) px, NaN where no ink
+    ink_ratio: np.ndarray   # (N,)
+    labels: np.ndarray      # (N,)
+    seconds: float
+
+
+def measure_set(split: str, family: str, level: float, data_dir: Path | None = None,
+                log: Log = _quiet) -> MeasuredSet:
+    """Per-digit thickness and ink ratio of a split, or of a perturbed test set."""
+    from robustmnist.measure import measure_thickness
+
+    if family != "clean" and split != "test":
+        raise RobustMnistError("perturbed sets are built from the test split; use --split test")
+    loaded = load_split(split, data_dir, log=log)  # type: ignore[arg-type]
+    t0 = time.perf_counter()
+    if split == "test":
+        pset, labels = test_set(family, level, data_dir, log=log, test=loaded)
+        return MeasuredSet(pset.thickness, pset.ink_ratio, labels, time.perf_counter() - t0)
+    thickness = measure_thickness(loaded.images[:, 0].numpy())
+    return MeasuredSet(thickness, np.ones(len(thickness)), loaded.labels.numpy(),
+                       time.perf_counter() - t0)

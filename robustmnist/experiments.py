@@ -1,53 +1,59 @@
 """Experiments as data: a TOML file -> variants x seeds -> trained runs -> sweep -> report.
 
-A file looks like ``experiments/quickstart.toml``. `load_experiment` rejects unknown keys,
-wrong types and impossible values with the file, key and reason. `run_experiment` trains every
-(variant, seed) that is not complete (resuming unfinished ones), refuses to mix runs whose
-saved config differs from the file, evaluates all checkpoints on the sweep (skipped when an
-up-to-date complete sweep exists), and returns the paths for the report.
+A file (``experiments/quickstart.toml``) mirrors the configuration dataclasses: top-level
+``name``, ``description``, ``output``, ``report`` and ``seeds``; a ``[train]`` table holding
+`TrainConfig` fields; a ``[sweep]`` table (``families`` and a level list per family); and one
+``[[variants]]`` table per variant: a ``name`` plus `AugConfig` fields (``policy`` first).
+`load_experiment` rejects unknown keys, wrong types and impossible values with the file, key
+and reason; relative paths resolve against the file's folder (``~`` expanded).
+`run_experiment` trains every (variant, seed) that is not complete (resuming unfinished
+ones), refuses to mix runs whose saved config differs from the file, evaluates all
+checkpoints on the sweep (skipped when an up-to-date complete sweep exists) and writes the
+report. *What* to run is decided here; *where* is an executor's job (``executors.py``).
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import time
 import tomllib
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from robustmnist.executors import Executor
 
 from robustmnist import RobustMnistError, artifacts
-from robustmnist.augmentation import POLICIES, AugConfig
+from robustmnist.config import MAX_SEED, AugConfig, TrainConfig, check_value, from_table
+from robustmnist.layout import ExperimentDir, RunDir
 from robustmnist.perturb import DEFAULT_LEVELS, check_level
-from robustmnist.training import TrainConfig, run_state
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-
-_TOP_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
-    "name": (str, "a name of letters, digits, '-' or '_'"),
-    "description": (str, "a string"),
-    "output": (str, "a folder path"),
-    "report": (str, "a folder path"),
-    "epochs": (int, "an integer >= 1"),
-    "seeds": (list, "a non-empty list of integers"),
-    "batch_size": (int, "an integer >= 1"),
-    "lr": ((int, float), "a number > 0"),
-    "device": (str, "auto, cpu, cuda or cuda:N"),
-    "model": (str, "a model name"),
-    "sweep": (dict, "a table"),
-    "variants": (list, "an array of tables [[variants]]"),
-}
-_AUG_KEYS = {f.name for f in fields(AugConfig)} - {"policy"}
+MAX_SEEDS = 100            # seeds per experiment
+MAX_RUNS = 1000            # variants x seeds
+MAX_LEVELS = 50            # levels per sweep family
+_TOP_KEYS = {"name": str, "description": str, "output": str, "report": str, "seeds": list,
+             "train": dict, "sweep": dict, "variants": list}
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
     aug: AugConfig
+
+
+@dataclass(frozen=True)
+class Run:
+    """One (variant, seed) of an experiment: its full config and its folder."""
+
+    variant: Variant
+    seed: int
+    config: TrainConfig
+    folder: RunDir
 
 
 @dataclass(frozen=True)
@@ -62,17 +68,15 @@ class Experiment:
     families: dict[str, list[float]]
     description: str = ""
 
-    def run_dir(self, variant: Variant, seed: int) -> Path:
-        return self.output / "runs" / f"{variant.name}-seed{seed}"
+    @property
+    def layout(self) -> ExperimentDir:
+        return ExperimentDir(self.output)
 
-    def runs(self) -> list[tuple[Variant, int, TrainConfig, Path]]:
+    def runs(self) -> list[Run]:
         """Every (variant, seed) with its config and folder, seed-major (baselines early)."""
-        out = []
-        for seed in self.seeds:
-            for v in self.variants:
-                config = TrainConfig(**{**_shared(self.train), "seed": seed, "aug": v.aug})
-                out.append((v, seed, config, self.run_dir(v, seed)))
-        return out
+        return [Run(v, seed, TrainConfig(**{**_shared(self.train), "seed": seed, "aug": v.aug}),
+                    self.layout.run(v.name, seed))
+                for seed in self.seeds for v in self.variants]
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "source": str(self.source), "output": str(self.output),
@@ -89,9 +93,10 @@ def _fail(path: Path, key: str, reason: str) -> RobustMnistError:
     return RobustMnistError(f"{path}: key '{key}': {reason}")
 
 
-def _check_type(path: Path, key: str, value: Any, expected: type | tuple[type, ...], what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, expected):
-        raise _fail(path, key, f"expected {what}, got {value!r}")
+def _keyed(path: Path, err: RobustMnistError) -> RobustMnistError:
+    """'{file}: key '{key}': reason' from a config error 'key: reason'."""
+    key, _, reason = str(err).partition(": ")
+    return _fail(path, key, reason)
 
 
 def resolve_path(spec: str | None) -> Path:
@@ -112,41 +117,65 @@ def load_experiment(path: Path, output: Path | None = None) -> Experiment:
     """Parse and validate an experiment file (see module doc)."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
-        raise RobustMnistError(f"{path}: cannot read ({err.strerror})") from err
+        raise RobustMnistError(f"{path}: cannot read ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise RobustMnistError(f"{path}: not UTF-8 text; save it as UTF-8 TOML") from None
     except tomllib.TOMLDecodeError as err:
-        raise RobustMnistError(f"{path}: not valid TOML ({err})") from err
+        raise RobustMnistError(f"{path}: not valid TOML ({err})") from None
     for key, value in raw.items():
         if key not in _TOP_KEYS:
-            raise _fail(path, key, f"unknown key; known keys: {', '.join(_TOP_KEYS)}")
-        _check_type(path, key, value, *_TOP_KEYS[key])
+            moved = key in {f.name for f in fields(TrainConfig)}
+            raise _fail(path, key, f"unknown key; known keys: {', '.join(_TOP_KEYS)}"
+                        + ("; training settings go in [train]" if moved else ""))
+        try:
+            check_value(key, _TOP_KEYS[key], value, {})
+        except RobustMnistError as err:
+            raise _keyed(path, err) from None
     name = raw.get("name", path.stem)
-    if not name or not all(c.isalnum() or c in "-_" for c in name):
-        raise _fail(path, "name", f"expected {_TOP_KEYS['name'][1]}, got {name!r}")
-    seeds = raw.get("seeds", [0])
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-        raise _fail(path, "seeds", f"expected a non-empty list of integers >= 0, got {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise _fail(path, "seeds", f"duplicate seeds in {seeds!r}")
-    for key in ("epochs", "batch_size"):
-        if key in raw and raw[key] < 1:
-            raise _fail(path, key, f"must be >= 1, got {raw[key]}")
-    if "lr" in raw and not raw["lr"] > 0:
-        raise _fail(path, "lr", f"must be > 0, got {raw['lr']}")
-    shared = {k: raw[k] for k in ("epochs", "batch_size", "lr", "device", "model") if k in raw}
+    if not name or len(name) > 100 or not all(c.isalnum() or c in "-_" for c in name):
+        raise _fail(path, "name", f"expected up to 100 letters, digits, '-' or '_', got {name!r}")
+    seeds = _parse_seeds(path, raw.get("seeds", [0]))
+    train = raw.get("train", {})
+    for key in ("seed", "aug"):
+        if key in train:
+            raise _fail(path, f"train.{key}", "set seeds at the top level and augmentation per "
+                        "[[variants]]")
     try:
-        train = TrainConfig(**shared).validate()
+        shared = from_table(TrainConfig, train, "train.")
     except RobustMnistError as err:
-        raise RobustMnistError(f"{path}: {err}") from None
-
+        raise _keyed(path, err) from None
     variants = _parse_variants(path, raw.get("variants"))
+    if len(variants) * len(seeds) > MAX_RUNS:
+        raise _fail(path, "variants", f"{len(variants)} variants x {len(seeds)} seeds is more "
+                    f"than {MAX_RUNS} runs; split the study")
     families = _parse_sweep(path, raw.get("sweep", {}))
-    out_dir = output or Path(raw.get("output", f"results/{name}"))
+    here = path.resolve().parent if path.resolve().parent == PRESETS_DIR.resolve() else path.parent
+    out_dir = output or _resolve(here, raw.get("output", f"results/{name}"))
     # With --out, the report goes with the results (a trial run must not overwrite reports/).
-    report = out_dir / "report" if output else Path(raw.get("report", f"reports/{name}"))
-    return Experiment(name, path, out_dir, report, train, tuple(seeds), variants, families,
+    report = out_dir / "report" if output else _resolve(here, raw.get("report", f"reports/{name}"))
+    return Experiment(name, path, out_dir, report, shared, seeds, variants, families,
                       raw.get("description", ""))
+
+
+def _resolve(base: Path, spec: str) -> Path:
+    """A path from an experiment file: ``~`` expanded, relative to the file's folder (a
+    built-in preset's paths are relative to the current folder)."""
+    path = Path(spec).expanduser()
+    if path.is_absolute() or base.resolve() == PRESETS_DIR.resolve():
+        return path
+    return base / path if str(base) != "." else path
+
+
+def _parse_seeds(path: Path, seeds: list[Any]) -> tuple[int, ...]:
+    if not seeds or len(seeds) > MAX_SEEDS or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds):
+        raise _fail(path, "seeds", f"expected 1 to {MAX_SEEDS} integers in [0, {MAX_SEED}], "
+                    f"got {str(seeds)[:200]}")
+    if len(set(seeds)) != len(seeds):
+        raise _fail(path, "seeds", f"duplicate seeds in {str(seeds)[:200]}")
+    return tuple(seeds)
 
 
 def _parse_variants(path: Path, raw: Any) -> tuple[Variant, ...]:
@@ -157,27 +186,20 @@ def _parse_variants(path: Path, raw: Any) -> tuple[Variant, ...]:
         where = f"variants[{i}]"
         if not isinstance(table, dict):
             raise _fail(path, where, "expected a table")
-        unknown = set(table) - {"name", "aug"} - _AUG_KEYS
-        if unknown:
-            raise _fail(path, f"{where}.{sorted(unknown)[0]}",
-                        f"unknown key; known: name, aug, {', '.join(sorted(_AUG_KEYS))}")
-        policy = table.get("aug", "none")
-        if policy not in POLICIES:
-            raise _fail(path, f"{where}.aug", f"unknown policy {policy!r}; choose one of "
-                        f"{', '.join(POLICIES)}")
-        vname = table.get("name", policy)
-        if not isinstance(vname, str) or not vname or "|" in vname or "/" in vname:
-            raise _fail(path, f"{where}.name", f"expected a non-empty name, got {vname!r}")
-        overrides = {k: v for k, v in table.items() if k in _AUG_KEYS}
-        for k, v in overrides.items():
-            expected: type | tuple[type, ...] = bool if k == "affine" else (int, float)
-            if (k == "affine") != isinstance(v, bool) or not isinstance(v, expected):
-                kind = "true/false" if k == "affine" else "a number"
-                raise _fail(path, f"{where}.{k}", f"expected {kind}, got {v!r}")
+        table = dict(table)
+        policy = table.pop("policy", "none")
+        vname = table.pop("name", policy)
+        if (not isinstance(vname, str) or not 0 < len(vname) <= 100 or vname.startswith(".")
+                or not all(c.isalnum() or c in "-_+." for c in vname)):
+            raise _fail(path, f"{where}.name", "expected up to 100 letters, digits, '-', '_', '+' "
+                        f"or '.', got {vname!r}")
         try:
-            aug = AugConfig.from_policy(policy, **overrides)
+            aug = AugConfig.from_policy(check_value("policy", str, policy, {}), **table)
         except RobustMnistError as err:
-            raise _fail(path, where, str(err)) from None
+            if str(err).startswith("unknown augmentation"):
+                raise _fail(path, f"{where}.policy", str(err)) from None
+            key, _, reason = str(err).partition(": ")
+            raise _fail(path, f"{where}.{key}", reason) from None
         variants.append(Variant(vname, aug))
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
@@ -188,16 +210,22 @@ def _parse_variants(path: Path, raw: Any) -> tuple[Variant, ...]:
 def _parse_sweep(path: Path, raw: dict[str, Any]) -> dict[str, list[float]]:
     unknown = set(raw) - {"families", *DEFAULT_LEVELS}
     if unknown:
-        raise _fail(path, f"sweep.{sorted(unknown)[0]}", "unknown key; known: families, delta, absolute")
+        raise _fail(path, f"sweep.{sorted(unknown)[0]}",
+                    f"unknown key; known: families, {', '.join(DEFAULT_LEVELS)}")
     families = raw.get("families", list(DEFAULT_LEVELS))
-    if not isinstance(families, list) or not all(f in DEFAULT_LEVELS for f in families):
-        raise _fail(path, "sweep.families", f"expected a list from {list(DEFAULT_LEVELS)}, got {families!r}")
+    if (not isinstance(families, list) or not all(f in DEFAULT_LEVELS for f in families)
+            or len(set(families)) != len(families)):
+        raise _fail(path, "sweep.families", f"expected distinct names from {list(DEFAULT_LEVELS)}, "
+                    f"got {str(families)[:200]}")
     out = {}
     for family in families:
         levels = raw.get(family, list(DEFAULT_LEVELS[family]))
-        if not isinstance(levels, list) or not levels or not all(
+        if not isinstance(levels, list) or not 0 < len(levels) <= MAX_LEVELS or not all(
                 isinstance(v, int | float) and not isinstance(v, bool) for v in levels):
-            raise _fail(path, f"sweep.{family}", f"expected a non-empty list of numbers, got {levels!r}")
+            raise _fail(path, f"sweep.{family}", f"expected 1 to {MAX_LEVELS} numbers, "
+                        f"got {str(levels)[:200]}")
+        if len(set(levels)) != len(levels):
+            raise _fail(path, f"sweep.{family}", f"duplicate levels in {levels!r}")
         for level in levels:
             try:
                 check_level(family, float(level))
@@ -209,76 +237,36 @@ def _parse_sweep(path: Path, raw: dict[str, Any]) -> dict[str, list[float]]:
 
 # --------------------------------------------------------------------------- running
 
-def _train_one(job: tuple[TrainConfig, str, str, str | None, int]) -> tuple[str, float]:
-    """Worker: train one run quietly (in its own process when --jobs > 1)."""
-    import torch
-
-    from robustmnist.training import train
-
-    config, run_dir, variant, data_dir, threads = job
-    if threads:
-        torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    train(config, Path(run_dir), resume=True, data_dir=Path(data_dir) if data_dir else None,
-          variant=variant)
-    return run_dir, time.perf_counter() - t0
-
-
-def pending_runs(exp: Experiment) -> tuple[list[tuple[Variant, int, TrainConfig, Path]], int]:
+def pending_runs(exp: Experiment) -> tuple[list[Run], int]:
     """(runs still to train, number already complete); errors on a changed config."""
+    from robustmnist.training import run_state
+
     todo, done = [], 0
-    for variant, seed, config, run_dir in exp.runs():
+    for run in exp.runs():
         try:
-            state = run_state(run_dir, config)
+            state = run_state(run.folder.root, run.config)
         except RobustMnistError as err:
-            raise RobustMnistError(f"{exp.source}: the file changed since {run_dir} was trained "
-                                   f"({err}); use a new output folder (--out) or delete that run") from None
+            raise RobustMnistError(f"{exp.source}: the file changed since {run.folder.root} was "
+                                   f"trained ({err}); use a new output folder (--out) or delete "
+                                   "that run") from None
         if state == "complete":
             done += 1
         else:
-            todo.append((variant, seed, config, run_dir))
+            todo.append(run)
     return todo, done
 
 
-def train_all(exp: Experiment, jobs: int = 1, data_dir: Path | None = None,
-              on_done: Callable[[str, float, int, int], None] = lambda *_: None) -> float:
-    """Train what is missing; `on_done(run_dir, seconds, done, total)` after each run."""
-    todo, done = pending_runs(exp)
-    total = done + len(todo)
-    if not todo:
-        return 0.0
-    t0 = time.perf_counter()
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs)) if jobs > 1 else 0
-    work = [(config, str(run_dir), v.name, str(data_dir) if data_dir else None, threads)
-            for v, _, config, run_dir in todo]
-    if jobs <= 1:
-        for job in work:
-            run_dir, seconds = _train_one(job)
-            done += 1
-            on_done(run_dir, seconds, done, total)
-    else:
-        ctx = multiprocessing.get_context("spawn")  # fork + OpenMP threads can deadlock
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = {pool.submit(_train_one, job) for job in work}
-            while futures:
-                finished, futures = wait(futures, return_when=FIRST_COMPLETED)
-                for f in finished:
-                    run_dir, seconds = f.result()
-                    done += 1
-                    on_done(run_dir, seconds, done, total)
-    return time.perf_counter() - t0
-
-
-def sweep_is_current(exp: Experiment, sweep_dir: Path) -> bool:
-    """True when sweep_dir holds a complete sweep of exactly these checkpoints and levels."""
-    meta_path = sweep_dir / "sweep.json"
-    if not meta_path.is_file():
-        return False
+def sweep_is_current(exp: Experiment) -> bool:
+    """True when the experiment's sweep folder holds a complete sweep of exactly these
+    checkpoints and levels."""
+    meta_path = exp.layout.sweep.meta
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError):
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    except (OSError, ValueError):
         return False
-    wanted = [str(run_dir / "checkpoint.pt") for *_, run_dir in exp.runs()]
+    if not isinstance(meta, dict):
+        return False
+    wanted = [str(run.folder.checkpoint) for run in exp.runs()]
     stamps = {p: os.path.getmtime(p) for p in wanted if os.path.exists(p)}
     return (meta.get("complete") is True and meta.get("checkpoints") == wanted
             and meta.get("families") == exp.families
@@ -287,11 +275,72 @@ def sweep_is_current(exp: Experiment, sweep_dir: Path) -> bool:
 
 def record_invocation(exp: Experiment, entry: dict[str, Any]) -> None:
     """Append this `robustmnist run` invocation (what it did, how long) to experiment.json."""
-    path = exp.output / "experiment.json"
+    path = exp.layout.record
     history: list[dict[str, Any]] = []
-    if path.is_file():
-        try:
+    try:
+        if path.is_file():
             history = json.loads(path.read_text()).get("invocations", [])
-        except (OSError, json.JSONDecodeError):
-            history = []
+    except (OSError, ValueError, AttributeError):
+        history = []
     artifacts.write_json(path, {"experiment": exp.to_dict(), "invocations": [*history, entry]})
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    total: int             # runs in the experiment
+    trained: int           # runs trained (or resumed) by this call
+    swept: bool            # the sweep was (re)computed
+    report: Path
+    seconds: float
+
+
+def run_experiment(exp: Experiment, executor: Executor | None = None,
+                   data_dir: Path | None = None, log: Callable[[str], None] = lambda _m: None,
+                   ) -> StudyOutcome:
+    """Train what is missing, sweep if stale, write the report (see module doc)."""
+    from robustmnist.data import fetch
+    from robustmnist.executors import LocalExecutor
+    from robustmnist.models import resolve_device
+    from robustmnist.reports import write_report
+
+    executor = executor or LocalExecutor()
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    artifacts.claim_dir(exp.output, "experiment output")
+    with artifacts.folder_lock(exp.output, "experiment output"):
+        todo, done = pending_runs(exp)
+        fetch(data_dir, log=log)  # once, visibly, before any training
+        log(f"experiment {exp.name}: {done + len(todo)} runs ({done} complete, {len(todo)} to "
+            f"train) -> {exp.output}")
+        progress = _StudyProgress(done, done + len(todo), log)
+        train_seconds = executor.train(todo, data_dir, progress.run_done) if todo else 0.0
+        sweep_seconds, swept = 0.0, not sweep_is_current(exp)
+        if swept:
+            t1 = time.perf_counter()
+            executor.sweep([run.folder.checkpoint for run in exp.runs()], exp.families,
+                           resolve_device(exp.train.device), data_dir, exp.layout.sweep.root, log)
+            sweep_seconds = time.perf_counter() - t1
+        else:
+            log(f"sweep in {exp.layout.sweep.root} is up to date")
+        record_invocation(exp, {"started": started, "trained_runs": len(todo),
+                                "executor": executor.describe(), "train_seconds": train_seconds,
+                                "sweep_seconds": sweep_seconds,
+                                "wall_seconds": time.perf_counter() - t0})
+        report = write_report([exp.layout.sweep.root], exp.report, title=exp.name,
+                              question=exp.description)
+    return StudyOutcome(done + len(todo), len(todo), swept, report, time.perf_counter() - t0)
+
+
+class _StudyProgress:
+    """Runs done / total and an ETA, logged after each finished training."""
+
+    def __init__(self, done: int, total: int, log: Callable[[str], None]) -> None:
+        self.start_done, self.done, self.total, self.log = done, done, total, log
+        self.t0 = time.perf_counter()
+
+    def run_done(self, run_dir: Path, seconds: float) -> None:
+        self.done += 1
+        trained = self.done - self.start_done
+        eta = (time.perf_counter() - self.t0) / trained * (self.total - self.done)
+        self.log(f"[{self.done}/{self.total}] {run_dir} done in {seconds:.0f}s; "
+                 f"ETA {eta / 60:.1f} min")

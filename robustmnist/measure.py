@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -97,3 +98,32 @@ def ink_ratio(perturbed: np.ndarray, original: np.ndarray) -> np.ndarray:
     p = np.asarray(perturbed, dtype=np.float64).reshape(len(perturbed), -1).sum(1)
     o = np.asarray(original, dtype=np.float64).reshape(len(original), -1).sum(1)
     return np.divide(p, o, out=np.full_like(p, np.nan), where=o > 0)
+
+
+def compare_to_reference(thickness: np.ndarray, reference_csv: Path) -> dict[str, float]:
+    """Agreement of per-digit thickness with Morpho-MNIST's published ``t10k-morpho.csv``:
+    Pearson r, mean bias (ours - theirs) and mean |difference|, px, over digits both measured."""
+    import pandas as pd
+
+    from robustmnist import RobustMnistError
+
+    try:
+        frame = pd.read_csv(reference_csv)
+    except FileNotFoundError:
+        raise RobustMnistError(f"reference {reference_csv} not found; pass t10k-morpho.csv") from None
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise RobustMnistError(f"reference {reference_csv}: unreadable CSV ({reason})") from None
+    if "thickness" not in frame.columns:
+        raise RobustMnistError(f"reference {reference_csv}: no 'thickness' column; pass "
+                               "Morpho-MNIST's t10k-morpho.csv")
+    ref = pd.to_numeric(frame["thickness"], errors="coerce").to_numpy(float)
+    if len(ref) != len(thickness):
+        raise RobustMnistError(f"reference {reference_csv}: {len(ref)} rows for {len(thickness)} "
+                               "digits; it describes the clean test set (use --split test)")
+    ok = np.isfinite(thickness) & np.isfinite(ref)
+    if ok.sum() < 2:
+        raise RobustMnistError(f"reference {reference_csv}: fewer than 2 digits measured on both sides")
+    diff = thickness[ok] - ref[ok]
+    return {"pearson_r": float(np.corrcoef(thickness[ok], ref[ok])[0, 1]),
+            "bias": float(diff.mean()), "mean_abs_diff": float(np.abs(diff).mean()), "n": int(ok.sum())}

@@ -40,6 +40,43 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+def check_device(device: str) -> str | None:
+    """Why `device` is not a device name robustmnist accepts, or None (availability aside)."""
+    if device == "auto":
+        return None
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        return f"unknown device {device!r}; use auto, cpu, cuda or cuda:N"
+    return None if kind in ("cpu", "cuda") else f"device {device!r} is not supported; use auto, cpu or cuda"
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; a clear error for a device that is not there.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if reason := check_device(device):
+        raise RobustMnistError(reason)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RobustMnistError(f"device {device!r} asked for but CUDA is not available; "
+                               "use --device cpu (or auto)")
+    return resolved
+
+
+def set_threads(threads: int | None) -> None:
+    """Use `threads` CPU threads (None: leave torch's default, all cores)."""
+    if threads is None:
+        return
+    if not 1 <= threads <= 1024:
+        raise RobustMnistError(f"--threads must be between 1 and 1024, got {threads}")
+    torch.set_num_threads(threads)
+
+
 def build_model(name: str) -> nn.Module:
     if name not in MODELS:
         raise RobustMnistError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")

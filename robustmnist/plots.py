@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -100,3 +101,18 @@ def class_heatmap(matrix: pd.DataFrame, title: str) -> plt.Figure:
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label="accuracy (%)")
     return fig
+
+
+def preview_figure(images_u8: Any, config: Any, draws: int, seed: int) -> tuple[plt.Figure, Any]:
+    """The `augment preview` grid: each digit, then `draws` draws of the policy; and the
+    (digits, draws) stroke levels drawn."""
+    from robustmnist.augmentation import preview
+
+    grid, deltas = preview(images_u8, config, draws, seed)
+    col_labels = ["original"] + [f"draw {i + 1}" for i in range(draws)]
+    row_labels = [f"#{i}" for i in range(len(images_u8))]
+    fig = digit_grid(grid.numpy(), row_labels, col_labels,
+                     f"--aug {config.policy}: range [{config.delta_min_px:g}, "
+                     f"{config.delta_max_px:g}] px, p_untouched {config.p_untouched:g}"
+                     f"{', affine' if config.affine else ''}")
+    return fig, deltas

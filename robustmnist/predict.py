@@ -26,8 +26,8 @@ The model then normalises with mean 0.1307 / std 0.3081, as in training.
 from __future__ import annotations
 
 import glob
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -36,6 +36,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from robustmnist import RobustMnistError
+from robustmnist.layout import RunDir
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 MAX_SIDE = 1024            # working resolution cap, px (longest side)
@@ -179,12 +180,95 @@ def centre_of_mass(image: np.ndarray) -> tuple[float, float]:
     return float((m.sum(1) * idx[0]).sum() / total), float((m.sum(0) * idx[1]).sum() / total)
 
 
-@torch.inference_mode()
-def predict_images(models: Sequence[tuple[torch.nn.Module, float, float]], images: np.ndarray,
-                   device: torch.device | str = "cpu") -> np.ndarray:
-    """Probabilities (n_models, N, 10) for uint8 (N, 28, 28) digits."""
-    from robustmnist.training import normalise, to_unit
+def split_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """(checkpoints, image specs): the leading .pt files and run folders, then the rest."""
+    split = 0
+    while split < len(inputs) and (inputs[split].endswith(".pt") or
+                                   RunDir(Path(inputs[split])).checkpoint.is_file()):
+        split += 1
+    if split == 0:
+        raise RobustMnistError("pass at least one checkpoint first: "
+                               "robustmnist predict RUN/checkpoint.pt photo.jpg")
+    if split == len(inputs):
+        raise RobustMnistError("no images given after the checkpoint(s)")
+    return [Path(c) for c in inputs[:split]], list(inputs[split:])
 
-    x = to_unit(torch.from_numpy(images).unsqueeze(1).to(device))
-    return np.stack([model(normalise(x, mean, std)).exp().float().cpu().numpy()
-                     for model, mean, std in models])
+
+@dataclass(frozen=True)
+class Prediction:
+    model: str
+    digit: int
+    probability: float
+    top3: list[tuple[int, float]]   # (digit, probability), most likely first
+
+
+@dataclass(frozen=True)
+class PhotoResult:
+    path: Path
+    preprocessed: Preprocessed | None
+    predictions: list[Prediction]
+    error: str | None = None         # one line, when the photo could not be read
+    saved: list[Path] = field(default_factory=list)
+
+
+def rank(model: str, probabilities: np.ndarray) -> Prediction:
+    """The top digit and top-3 of one (10,) probability vector.
+
+    >>> rank("m", np.array([0.1, 0.7, 0.2] + [0.0] * 7)).top3
+    [(1, 0.7), (2, 0.2), (0, 0.1)]
+    """
+    top = np.argsort(-probabilities, kind="stable")[:3]
+    return Prediction(model, int(top[0]), float(probabilities[top[0]]),
+                      [(int(d), round(float(probabilities[d]), 4)) for d in top])
+
+
+def side_by_side(gray: np.ndarray, image: np.ndarray, height: int = 280) -> np.ndarray:
+    """uint8 view: the photo | a grey gap | the 28x28 model input, both `height` px tall."""
+    width = max(1, round(gray.shape[1] * height / gray.shape[0]))
+    photo = cv2.resize((gray * 255).astype(np.uint8), (width, height), interpolation=cv2.INTER_AREA)
+    seen = cv2.resize(image, (height, height), interpolation=cv2.INTER_NEAREST)
+    return np.hstack([photo, np.full((height, 8), 128, np.uint8), seen])
+
+
+def predict_files(checkpoints: Sequence[Path], specs: Sequence[str], *,
+                  device: torch.device | str = "cpu", normalize_thickness: float | None = None,
+                  save_dir: Path | None = None) -> Iterator[PhotoResult]:
+    """Preprocess every image and ask every checkpoint; one result per image, in order (an
+    unreadable image gives a result with `error` set, the others still run)."""
+    from robustmnist import artifacts
+    from robustmnist.checkpoint import Classifier, load_checkpoint
+
+    models = [Classifier.from_checkpoint(load_checkpoint(c), device) for c in checkpoints]
+    paths = expand_inputs(specs)
+    if not paths:
+        raise RobustMnistError(f"no images found in {' '.join(specs)}")
+    if save_dir is not None:
+        artifacts.claim_dir(save_dir, "--save-preprocessed folder")
+    used: set[str] = set()
+    for path in paths:
+        try:
+            gray = load_gray(path)
+            pre = mnistify(gray, normalize_thickness, name=str(path))
+        except ImageError as e:
+            yield PhotoResult(path, None, [], str(e))
+            continue
+        x = torch.from_numpy(pre.image)[None, None]
+        probs = [m.log_proba(x).exp()[0].cpu().numpy() for m in models]
+        saved = []
+        if save_dir is not None:
+            stem = _unique_stem(path, used)
+            views = ((".mnist.png", pre.image), (".side-by-side.png", side_by_side(gray, pre.image)))
+            for suffix, view in views:
+                artifacts.write_bytes(save_dir / f"{stem}{suffix}", cv2.imencode(".png", view)[1].tobytes())
+                saved.append(save_dir / f"{stem}{suffix}")
+        yield PhotoResult(path, pre, [rank(m.name, p) for m, p in zip(models, probs, strict=True)],
+                          saved=saved)
+
+
+def _unique_stem(path: Path, used: set[str]) -> str:
+    """The file's stem, numbered when two inputs share it (a/x.jpg, b/x.jpg -> x, x-2)."""
+    stem, n = path.stem, 2
+    while stem in used:
+        stem, n = f"{path.stem}-{n}", n + 1
+    used.add(stem)
+    return stem

@@ -17,89 +17,25 @@ from __future__ import annotations
 
 import csv
 import io
-import pickle
 import time
-import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from robustmnist import RobustMnistError, __version__, artifacts
-from robustmnist.augmentation import AugConfig, augment
+from robustmnist.augmentation import augment
+from robustmnist.checkpoint import Classifier, load_checkpoint, normalise, save_checkpoint, to_unit
+from robustmnist.config import TrainConfig
 from robustmnist.data import MnistSplit, load_split
-from robustmnist.models import MODELS, build_model
+from robustmnist.layout import RunDir
+from robustmnist.models import build_model, resolve_device
 
-CHECKPOINT_FORMAT = "robustmnist-checkpoint-v1"
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
                   "epoch_seconds", "images_per_second"]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that determines a training run's result (the classic recipe by default)."""
-
-    model: str = "baseline"       # key of models.MODELS
-    epochs: int = 20              # passes over the 60,000 training images
-    batch_size: int = 512         # images per Adam step
-    lr: float = 1e-3              # Adam learning rate
-    seed: int = 0                 # model init, batch order and augmentation draws
-    device: str = "auto"          # auto | cpu | cuda | cuda:N (auto = cuda if available)
-    mean: float = 0.1307          # normalisation mean of MNIST pixels in [0, 1]
-    std: float = 0.3081           # normalisation std
-    aug: AugConfig = field(default_factory=AugConfig)
-
-    def validate(self) -> TrainConfig:
-        if self.model not in MODELS:
-            raise RobustMnistError(f"unknown model {self.model!r}; known: {', '.join(MODELS)}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise RobustMnistError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise RobustMnistError(f"lr must be > 0, got {self.lr}")
-        if not self.std > 0:
-            raise RobustMnistError(f"std must be > 0, got {self.std}")
-        resolve_device(self.device)
-        self.aug.validate()
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise RobustMnistError(f"unknown training option(s) {sorted(unknown)}")
-        aug = AugConfig(**d.get("aug", {}))
-        return cls(**{**d, "aug": aug})
-
-    def result_fields(self) -> dict[str, Any]:
-        """The fields that change the trained weights (device excluded: it only picks hardware)."""
-        d = self.to_dict()
-        d.pop("device")
-        return d
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; a clear error for a device that is not there."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as err:
-        raise RobustMnistError(f"unknown device {device!r}; use auto, cpu or cuda") from err
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RobustMnistError(f"device {device!r} asked for but CUDA is not available; "
-                               "use --device cpu (or auto)")
-    if resolved.type not in ("cpu", "cuda"):
-        raise RobustMnistError(f"device {device!r} is not supported; use auto, cpu or cuda")
-    return resolved
 
 
 def epoch_generator(seed: int, epoch: int, stream: int, device: torch.device) -> torch.Generator:
@@ -107,74 +43,6 @@ def epoch_generator(seed: int, epoch: int, stream: int, device: torch.device) ->
     g = torch.Generator(device=device)
     g.manual_seed((seed * 1_000_003 + epoch) * 8 + stream)
     return g
-
-
-def normalise(x01: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    return (x01 - mean) / std
-
-
-def to_unit(images_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 1, 28, 28) -> float32 in [0, 1], channels_last (faster convs on CPU)."""
-    return (images_u8.float() / 255.0).contiguous(memory_format=torch.channels_last)
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    config: TrainConfig, epoch: int, meta: dict[str, Any]) -> None:
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "model": config.model,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "epoch": epoch,
-        "complete": epoch >= config.epochs,
-        "config": config.to_dict(),
-        "meta": meta,
-    }
-    artifacts.torch_save(path, payload)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; clear errors for anything else."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    if not path.is_file():
-        raise RobustMnistError(f"checkpoint {path} not found; pass a checkpoint.pt or run dir")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err):
-            raise RobustMnistError(f"{path} holds objects other than weights; refusing to load "
-                                   "it (only robustmnist checkpoints are accepted)") from err
-        raise RobustMnistError(f"{path} is corrupt or not a checkpoint (unreadable pickle); "
-                               "retrain or restore it") from err
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
-        raise RobustMnistError(f"{path} is corrupt or not a checkpoint ({type(err).__name__}); "
-                               "retrain or restore it") from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise RobustMnistError(f"{path} is not a robustmnist checkpoint "
-                               f"(expected format {CHECKPOINT_FORMAT})")
-    if ckpt.get("model") not in MODELS:
-        raise RobustMnistError(f"{path}: unknown model {ckpt.get('model')!r}; "
-                               f"this robustmnist knows {', '.join(MODELS)}")
-    ckpt["path"] = str(path)
-    return ckpt
-
-
-def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cpu") -> nn.Module:
-    model = build_model(ckpt["model"])
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[1:2] or [str(err)]
-        raise RobustMnistError(f"{ckpt.get('path', 'checkpoint')}: weights do not fit model "
-                               f"{ckpt['model']!r} ({first[0].strip()})") from err
-    model.to(device).eval()
-    if torch.device(device).type == "cpu":
-        model.to(memory_format=torch.channels_last)
-    return model
 
 
 # --------------------------------------------------------------------------- the loop
@@ -195,27 +63,16 @@ class Progress:
     def end(self, row: dict[str, float]) -> None: ...
 
 
-@torch.inference_mode()
-def evaluate_split(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: float,
-                   std: float, batch_size: int = 2000) -> tuple[float, float, torch.Tensor]:
-    """(mean NLL, accuracy, predictions) of `model` on uint8 images; model in eval mode."""
-    model.eval()
-    total_loss = torch.zeros((), device=images.device)
-    preds = []
-    for i in range(0, len(images), batch_size):
-        logp = model(normalise(to_unit(images[i:i + batch_size]), mean, std))
-        total_loss += F.nll_loss(logp.float(), labels[i:i + batch_size], reduction="sum")
-        preds.append(logp.argmax(1))
-    pred = torch.cat(preds)
-    accuracy = (pred == labels).sum().item() / len(labels)
-    return total_loss.item() / len(images), accuracy, pred
-
-
-def _read_metrics(path: Path) -> list[dict[str, float]]:
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """The rows of a run's metrics.csv ([] when absent); a clear error when malformed."""
     if not path.is_file():
         return []
-    with path.open() as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    try:
+        with path.open() as f:
+            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    except (OSError, ValueError, TypeError) as err:
+        raise RobustMnistError(f"{path}: unreadable metrics ({err}); restore it or retrain "
+                               "with --force") from None
 
 
 def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
@@ -229,17 +86,16 @@ def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
 
 def run_state(run_dir: Path, config: TrainConfig) -> str:
     """'new', 'partial' or 'complete' for `config` in `run_dir`; error if it holds another run."""
-    ckpt_path = Path(run_dir) / "checkpoint.pt"
-    if not ckpt_path.exists():
+    path = RunDir(Path(run_dir)).checkpoint
+    if not path.exists():
         return "new"
-    ckpt = load_checkpoint(ckpt_path)
-    saved = TrainConfig.from_dict(ckpt["config"])
-    if saved.result_fields() != config.result_fields():
-        diff = sorted(k for k, v in config.result_fields().items()
-                      if saved.result_fields().get(k) != v)
+    ckpt = load_checkpoint(path)
+    saved, wanted = ckpt.config.result_fields(), config.result_fields()
+    if saved != wanted:
+        diff = sorted(k for k, v in wanted.items() if saved.get(k) != v)
         raise RobustMnistError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); "
                                "choose another --out or pass --force to start over")
-    return "complete" if ckpt["complete"] else "partial"
+    return "complete" if ckpt.complete else "partial"
 
 
 def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, force: bool = False,
@@ -249,22 +105,31 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, force: bo
     """Train `config` into `run_dir` (see module doc). Returns the per-epoch metrics.
 
     A finished run is returned as is (never retrained by accident); an unfinished one needs
-    ``resume=True``; ``force=True`` starts over. Splits may be passed in (tests use tiny ones).
-    `variant` names the configuration in reports (default: the augmentation policy).
+    ``resume=True``; ``force=True`` starts over (only in a folder robustmnist made). Splits may
+    be passed in (tests use tiny ones). `variant` names the configuration in reports (default:
+    the augmentation policy). One process at a time per run folder (a lock file).
     """
     config = config.validate()
-    run_dir = Path(run_dir)
-    progress = progress or Progress()
+    run = RunDir(Path(run_dir))
     device = resolve_device(config.device)
-    state = "new" if force else run_state(run_dir, config)
-    if state == "complete":
-        log(f"{run_dir} is already complete ({config.epochs} epochs); nothing to train")
-        return TrainResult(run_dir, _read_metrics(run_dir / "metrics.csv"), True, 0.0)
-    if state == "partial" and not resume:
-        raise RobustMnistError(f"{run_dir} holds an unfinished run; pass --resume to continue it "
-                               "or --force to start over")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    artifacts.claim_dir(run.root, what="run folder")
+    with artifacts.folder_lock(run.root, "run folder"):
+        return _train_locked(config, run, device, resume=resume, force=force, data_dir=data_dir,
+                             train_split=train_split, test_split=test_split,
+                             progress=progress or Progress(), variant=variant, log=log)
 
+
+def _train_locked(config: TrainConfig, run: RunDir, device: torch.device, *, resume: bool,
+                  force: bool, data_dir: Path | None, train_split: MnistSplit | None,
+                  test_split: MnistSplit | None, progress: Progress, variant: str | None,
+                  log: Callable[[str], None]) -> TrainResult:
+    state = "new" if force else run_state(run.root, config)
+    if state == "complete":
+        log(f"{run.root} is already complete ({config.epochs} epochs); nothing to train")
+        return TrainResult(run.root, read_metrics(run.metrics), True, 0.0)
+    if state == "partial" and not resume:
+        raise RobustMnistError(f"{run.root} holds an unfinished run; pass --resume to continue it "
+                               "or --force to start over")
     train_split = (train_split or load_split("train", data_dir, log=log)).to(device)
     test_split = (test_split or load_split("test", data_dir, log=log)).to(device)
 
@@ -277,60 +142,83 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, force: bo
     start_epoch = 0
     metrics: list[dict[str, float]] = []
     if state == "partial":
-        ckpt = load_checkpoint(run_dir / "checkpoint.pt")
-        model.load_state_dict(ckpt["state_dict"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch = int(ckpt["epoch"])
-        metrics = _read_metrics(run_dir / "metrics.csv")[:start_epoch]
-        log(f"resuming {run_dir} after epoch {start_epoch}")
+        start_epoch, metrics = _resume(run, model, optimizer, device)
+        log(f"resuming {run.root} after epoch {start_epoch}")
 
     meta = {**artifacts.provenance(device), "data_md5": {**train_split.md5, **test_split.md5},
-            "variant": variant or config.aug.policy, "run_name": run_dir.name}
-    artifacts.write_json(run_dir / "config.json", {"config": config.to_dict(), **meta})
-
-    n = len(train_split)
-    steps = (n + config.batch_size - 1) // config.batch_size
+            "variant": variant or config.aug.policy, "run_name": run.root.name}
+    artifacts.write_json(run.config, {"config": config.to_dict(), **meta})
     t_run = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
-        model.train()
-        order_gen = epoch_generator(config.seed, epoch, 0, device)
-        aug_gen = epoch_generator(config.seed, epoch, 1, device)
-        perm = torch.randperm(n, device=device, generator=order_gen)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        progress.start(epoch + 1, steps)
-        t0 = time.perf_counter()
-        for step in range(steps):
-            idx = perm[step * config.batch_size:(step + 1) * config.batch_size]
-            x = augment(to_unit(train_split.images[idx]), config.aug, aug_gen)  # (B,1,28,28)
-            y = train_split.labels[idx]
-            logp = model(normalise(x, config.mean, config.std))
-            loss = F.nll_loss(logp, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(idx)
-            correct += (logp.detach().argmax(1) == y).sum()
-            if step % 10 == 9 or step == steps - 1:
-                done = min((step + 1) * config.batch_size, n)
-                progress.step(loss.item(), correct.item() / done, done / (time.perf_counter() - t0))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        test_loss, test_acc, _ = evaluate_split(model, test_split.images, test_split.labels,
-                                                config.mean, config.std)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / n,
-               "train_accuracy": correct.item() / n, "test_loss": test_loss,
-               "test_accuracy": test_acc, "epoch_seconds": seconds,
-               "images_per_second": n / seconds}
-        metrics.append(row)
+        metrics.append(_one_epoch(model, optimizer, config, epoch, train_split, test_split,
+                                  device, progress))
         # Metrics first, then the checkpoint: the checkpoint's epoch says which rows count.
-        _write_metrics(run_dir / "metrics.csv", metrics)
-        save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, config, epoch + 1, meta)
-        progress.end(row)
+        _write_metrics(run.metrics, metrics)
+        save_checkpoint(run.checkpoint, model, optimizer, config, epoch + 1, meta)
+        progress.end(metrics[-1])
     seconds = time.perf_counter() - t_run
     summary = {"config": config.to_dict(), "final": metrics[-1] if metrics else None,
                "train_seconds_this_session": seconds, "version": __version__}
-    artifacts.write_json(run_dir / "summary.json", summary)
-    return TrainResult(run_dir, metrics, True, seconds)
+    artifacts.write_json(run.summary, summary)
+    return TrainResult(run.root, metrics, True, seconds)
 
+
+def _resume(run: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer,
+            device: torch.device) -> tuple[int, list[dict[str, float]]]:
+    """Load the unfinished run's state; refuse what would not replay the same numbers."""
+    ckpt = load_checkpoint(run.checkpoint)
+    threads = ckpt.meta.get("machine", {}).get("torch_threads")
+    if device.type == "cpu" and threads and threads != torch.get_num_threads():
+        raise RobustMnistError(
+            f"{run.root} was trained with {threads} CPU threads, this process has "
+            f"{torch.get_num_threads()}; resume with --threads {threads} (another thread count "
+            "changes float sums, so the result would differ from an uninterrupted run)")
+    try:
+        model.load_state_dict(ckpt.state_dict)
+        optimizer.load_state_dict(ckpt.optimizer or {})
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        raise RobustMnistError(f"{run.checkpoint}: does not fit model {ckpt.model!r} "
+                               f"({str(err).splitlines()[0][:160]}); pass --force to start over") from None
+    metrics = read_metrics(run.metrics)[:ckpt.epoch]
+    if len(metrics) != ckpt.epoch:
+        raise RobustMnistError(f"{run.metrics} has {len(metrics)} rows for {ckpt.epoch} finished "
+                               "epochs; restore it or pass --force to start over")
+    return ckpt.epoch, metrics
+
+
+def _one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
+               epoch: int, train_split: MnistSplit, test_split: MnistSplit,
+               device: torch.device, progress: Progress) -> dict[str, float]:
+    """One pass over the training set, then the test set; returns the metrics row."""
+    model.train()
+    order_gen = epoch_generator(config.seed, epoch, 0, device)
+    aug_gen = epoch_generator(config.seed, epoch, 1, device)
+    n = len(train_split)
+    steps = (n + config.batch_size - 1) // config.batch_size
+    perm = torch.randperm(n, device=device, generator=order_gen)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    progress.start(epoch + 1, steps)
+    t0 = time.perf_counter()
+    for step in range(steps):
+        idx = perm[step * config.batch_size:(step + 1) * config.batch_size]
+        x = augment(to_unit(train_split.images[idx]), config.aug, aug_gen)  # (B,1,28,28)
+        y = train_split.labels[idx]
+        logp = model(normalise(x, config.mean, config.std))
+        loss = F.nll_loss(logp, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(idx)
+        correct += (logp.detach().argmax(1) == y).sum()
+        if step % 10 == 9 or step == steps - 1:
+            done = min((step + 1) * config.batch_size, n)
+            progress.step(loss.item(), correct.item() / done, done / (time.perf_counter() - t0))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    test_loss, test_acc, _ = Classifier(model, config.mean, config.std).evaluate(
+        test_split.images, test_split.labels)
+    return {"epoch": epoch + 1, "train_loss": loss_sum.item() / n,
+            "train_accuracy": correct.item() / n, "test_loss": test_loss,
+            "test_accuracy": test_acc, "epoch_seconds": seconds, "images_per_second": n / seconds}

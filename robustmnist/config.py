@@ -1,0 +1,200 @@
+"""Configuration: frozen dataclasses whose fields carry their own limits, and one validator.
+
+Every setting is declared once, with its default, unit, limits and help text (`setting`).
+`check` validates an instance field by field; `from_table` builds one from a TOML table (or
+CLI values) with the same checks, so the CLI, the experiment files and the checkpoints all
+reject the same bad values with the same ``key: reason`` message. An experiment file's
+``[train]`` table is exactly `TrainConfig`, each ``[[variants]]`` table is `AugConfig`
+(``augmentation.py``) plus a name.
+
+>>> TrainConfig(epochs=3).epochs
+3
+>>> from_table(TrainConfig, {"epochs": 0})
+Traceback (most recent call last):
+...
+robustmnist.RobustMnistError: epochs: must be >= 1, got 0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar, get_type_hints
+
+from robustmnist import RobustMnistError
+from robustmnist.models import MODELS, check_device
+from robustmnist.morphology import LADDER_RANGE
+
+C = TypeVar("C")
+
+#: Seeds are mixed into 64-bit generator seeds (training.epoch_generator): keep them 32-bit.
+MAX_SEED = 2**32 - 1
+
+
+def setting(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
+            lo_open: bool = False, choices: Callable[[], Iterable[str]] | None = None,
+            check: Callable[[Any], str | None] | None = None) -> Any:
+    """A dataclass field with its limits: [lo, hi] (lo excluded when `lo_open`), allowed
+    string `choices` (a callable, read when checking), or a `check` returning a reason."""
+    meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "check": check}
+    return field(default=default, metadata=meta)
+
+
+def _type_name(kind: type) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        kind, kind.__name__)
+
+
+def check_value(name: str, kind: type, value: Any, meta: Mapping[str, Any]) -> Any:
+    """`value` converted to `kind` (int -> float allowed) if it passes the field's limits."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+        raise RobustMnistError(f"{name}: expected {_type_name(kind)}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RobustMnistError(f"{name}: must be a finite number, got {value!r}")
+    if isinstance(value, str) and "\x00" in value:
+        raise RobustMnistError(f"{name}: contains a NUL character")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
+        raise RobustMnistError(f"{name}: must be {'>' if meta.get('lo_open') else '>='} {lo:g}, "
+                               f"got {value!r}")
+    if hi is not None and value > hi:
+        raise RobustMnistError(f"{name}: must be <= {hi:g}, got {value!r}")
+    if (choices := meta.get("choices")) is not None and value not in (options := list(choices())):
+        raise RobustMnistError(f"{name}: unknown value {value!r}; choose one of {', '.join(options)}")
+    if (extra := meta.get("check")) is not None and (reason := extra(value)):
+        raise RobustMnistError(f"{name}: {reason}")
+    return value
+
+
+def check(config: C) -> C:
+    """Validate every field of a config dataclass (nested configs too); return it."""
+    hints = get_type_hints(type(config))
+    for f in fields(config):  # type: ignore[arg-type]
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            check(value)
+        else:
+            check_value(f.name, hints[f.name], value, f.metadata)
+    post = getattr(config, "check_together", None)
+    if post is not None:
+        post()
+    return config
+
+
+def from_table(cls: type[C], table: Mapping[str, Any], prefix: str = "",
+               **nested: Any) -> C:
+    """Build and check `cls` from a mapping; unknown keys and bad values name the key."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    for key in table:
+        if key not in known or key in nested:
+            options = ", ".join(sorted(known - set(nested)))
+            raise RobustMnistError(f"{prefix}{key}: unknown key; known keys: {options}")
+    hints = get_type_hints(cls)
+    values = dict(nested)
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.name in table:
+            values[f.name] = check_value(prefix + f.name, hints[f.name], table[f.name], f.metadata)
+    try:
+        return check(cls(**values))
+    except RobustMnistError as err:
+        raise RobustMnistError(f"{prefix}{err}") from None
+
+
+def describe(cls: type) -> dict[str, str]:
+    """field -> help text with its limits (for --help and error messages)."""
+    return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+
+#: policy name -> the AugConfig fields it sets (everything else keeps its default).
+POLICIES: dict[str, dict[str, Any]] = {
+    "none": {},
+    "thickness": {"delta_min_px": -1.0, "delta_max_px": 2.0},
+    "thin": {"delta_min_px": -1.0, "delta_max_px": 0.0},
+    "thick": {"delta_min_px": 0.0, "delta_max_px": 2.0},
+    "thickness+affine": {"delta_min_px": -1.0, "delta_max_px": 2.0, "affine": True},
+}
+
+
+@dataclass(frozen=True)
+class AugConfig:
+    """One augmentation policy, fully resolved (saved in every run's config)."""
+
+    policy: str = setting("none", "policy name (POLICIES)", choices=lambda: POLICIES)
+    delta_min_px: float = setting(0.0, "smallest stroke change, px of total width at 28x28 (<0 thins)",
+                                  lo=LADDER_RANGE[0], hi=LADDER_RANGE[1])
+    delta_max_px: float = setting(0.0, "largest stroke change, px (>0 thickens)",
+                                  lo=LADDER_RANGE[0], hi=LADDER_RANGE[1])
+    p_untouched: float = setting(0.2, "probability that an image keeps its original strokes",
+                                 lo=0, hi=1)
+    affine: bool = setting(False, "add a small random affine after the stroke change")
+    affine_degrees: float = setting(10.0, "max rotation, degrees (uniform +/-)", lo=0, hi=180)
+    affine_translate: float = setting(0.08, "max shift, fraction of the image side (uniform +/-)",
+                                      lo=0, hi=0.5)
+    affine_scale: float = setting(0.1, "max relative zoom (uniform 1 +/- this)", lo=0, hi=0.9)
+
+    @property
+    def is_identity(self) -> bool:
+        thickness_off = self.delta_min_px == 0 and self.delta_max_px == 0
+        return thickness_off and not self.affine
+
+    def check_together(self) -> None:
+        if self.delta_min_px > self.delta_max_px:
+            raise RobustMnistError(
+                f"augmentation range [{self.delta_min_px:g}, {self.delta_max_px:g}] px is invalid; "
+                "need min <= max")
+
+    def validate(self) -> AugConfig:
+        return check(self)
+
+    @classmethod
+    def from_policy(cls, policy: str, **overrides: Any) -> AugConfig:
+        """The named policy's defaults with `overrides` (None values ignored) applied.
+
+        >>> AugConfig.from_policy("thick", p_untouched=0.5).delta_max_px
+        2.0
+        """
+        if policy not in POLICIES:
+            raise RobustMnistError(f"unknown augmentation {policy!r}; choose one of {', '.join(POLICIES)}")
+        chosen = {k: v for k, v in overrides.items() if v is not None}
+        return from_table(cls, {**POLICIES[policy], **chosen}, policy=policy)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run's result (the classic recipe by default)."""
+
+    model: str = setting("baseline", "model name (models.MODELS)", choices=lambda: MODELS)
+    epochs: int = setting(20, "passes over the 60,000 training images", lo=1, hi=1000)
+    batch_size: int = setting(512, "images per Adam step", lo=1, hi=60_000)
+    lr: float = setting(1e-3, "Adam learning rate", lo=0, lo_open=True, hi=10)
+    seed: int = setting(0, "model init, batch order and augmentation draws", lo=0, hi=MAX_SEED)
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N (auto = cuda if available)",
+                          check=check_device)
+    mean: float = setting(0.1307, "normalisation mean of MNIST pixels in [0, 1]", lo=0, hi=1)
+    std: float = setting(0.3081, "normalisation std", lo=0, lo_open=True, hi=10)
+    aug: AugConfig = field(default_factory=AugConfig)
+
+    def validate(self) -> TrainConfig:
+        return check(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """The config saved in a checkpoint or config.json (checked like a TOML table)."""
+        d = dict(d)
+        aug = d.pop("aug", {})
+        if not isinstance(aug, Mapping):
+            raise RobustMnistError(f"aug: expected a table, got {aug!r}")
+        return from_table(cls, d, aug=from_table(AugConfig, aug, "aug."))
+
+    def result_fields(self) -> dict[str, Any]:
+        """The fields that change the trained weights (device excluded: it only picks hardware)."""
+        d = self.to_dict()
+        d.pop("device")
+        return d

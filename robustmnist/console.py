@@ -1,0 +1,107 @@
+"""What the command line shows: error lines, progress bars and tables (rich). Part of the
+CLI layer: the library never prints."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from robustmnist import RobustMnistError
+
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+
+
+def handles_errors(fn: F) -> F:
+    """One 'error: ...' line and exit code 1 for every failure; Ctrl-C exits 130. An
+    unexpected exception also saves its traceback to a file named in the message."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except RobustMnistError as e:
+            fail(str(e))
+        except KeyboardInterrupt:
+            err.print("interrupted: finished epochs are saved; `robustmnist train --resume` or "
+                      "running the same `robustmnist run` again continues from them")
+            raise typer.Exit(130) from None
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            fail(f"{where}{e.strerror or e}; check the path, its permissions and free disk space")
+        except Exception as e:  # the last line of defence: one line, traceback in a file
+            with tempfile.NamedTemporaryFile("w", prefix="robustmnist-crash-", suffix=".txt",
+                                             delete=False) as f:
+                traceback.print_exc(file=f)
+            fail(f"unexpected {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''} "
+                  f"(a bug; full traceback in {f.name})")
+        raise typer.Exit(1)
+    return wrapper  # type: ignore[return-value]
+
+
+def logger(quiet: bool) -> Callable[[str], None]:
+    return (lambda _m: None) if quiet else (lambda m: err.print(m, highlight=False))
+
+
+class RichProgress:
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+        self.bar = Progress(TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+                            BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}  "
+                                       "{task.fields[ips]:,.0f} img/s"),
+                            TimeRemainingColumn(), console=err, transient=True)
+        self.task: Any = None
+
+    def start(self, epoch: int, steps: int) -> None:
+        self.bar.start()
+        self.task = self.bar.add_task("train", total=steps, epoch=epoch, epochs=self.epochs,
+                                      loss=float("nan"), acc=0.0, ips=0.0)
+
+    def step(self, loss: float, accuracy: float, images_per_second: float) -> None:
+        task = self.bar.tasks[-1]
+        advance = min(10, int(task.total or 0) - int(task.completed))
+        self.bar.update(self.task, advance=advance, loss=loss, acc=accuracy, ips=images_per_second)
+
+    def end(self, row: dict[str, float]) -> None:
+        self.bar.stop()
+        self.bar.remove_task(self.task)
+        err.print(f"epoch {int(row['epoch'])}/{self.epochs}  train loss {row['train_loss']:.4f}  "
+                  f"acc {100 * row['train_accuracy']:.2f}%  test loss {row['test_loss']:.4f}  "
+                  f"test acc {100 * row['test_accuracy']:.2f}%  {row['epoch_seconds']:.1f}s  "
+                  f"{row['images_per_second']:,.0f} img/s", highlight=False)
+
+
+def sweep_table(frame: Any, swept: bool) -> Table:
+    table = Table(title="test accuracy (%)" + (" by stroke level" if swept else ""))
+    table.add_column("run")
+    table.add_column("variant")
+    sets = frame.drop_duplicates(["family", "level"])[["family", "level", "measured_thickness"]]
+    for _, s in sets.iterrows():
+        name = "clean" if s["family"] == "clean" else f"{s['family'][:3]} {s['level']:+g}"
+        table.add_column(f"{name}\n{s['measured_thickness']:.1f}px", justify="right")
+    for run, g in frame.groupby("run", sort=False):
+        table.add_row(str(run), str(g["variant"].iloc[0]), *[f"{100 * a:.2f}" for a in g["accuracy"]])
+    return table
+
+
+def prediction_table(names: list[str]) -> Table:
+    table = Table(title="predictions (digit, probability; top-3)")
+    table.add_column("image", overflow="fold")
+    for name in names:
+        table.add_column(name)
+    return table

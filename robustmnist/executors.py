@@ -1,0 +1,86 @@
+"""Where an experiment's work runs. `experiments.run_experiment` decides *what* to run (the
+pending trainings, a stale sweep); an executor only decides *where*.
+
+`LocalExecutor` trains in this process (``jobs=1``) or in a pool of spawned processes, CPU
+threads split between them. Every executor writes the same files (run folders, sweep folder).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+from robustmnist import RobustMnistError
+
+if TYPE_CHECKING:
+    from robustmnist.experiments import Run
+
+OnRunDone = Callable[[Path, float], None]
+
+
+class Executor(Protocol):
+    def describe(self) -> str: ...
+
+    def train(self, runs: Sequence[Run], data_dir: Path | None, on_done: OnRunDone) -> float:
+        """Train `runs` (resuming unfinished ones); `on_done(run_dir, seconds)` after each."""
+        ...
+
+    def sweep(self, checkpoints: Sequence[Path], families: dict[str, list[float]],
+              device: torch.device, data_dir: Path | None, out_dir: Path,
+              log: Callable[[str], None]) -> None:
+        """Evaluate `checkpoints` on every level and write the sweep folder `out_dir`."""
+        ...
+
+
+def train_one(run: Run, data_dir: Path | None, threads: int = 0) -> float:
+    """Train one run quietly (resuming it); its wall seconds. Used by every executor."""
+    from robustmnist.training import train
+
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    train(run.config, run.folder.root, resume=True, data_dir=data_dir, variant=run.variant.name)
+    return time.perf_counter() - t0
+
+
+class LocalExecutor:
+    """This machine: one training at a time in-process, or `jobs` spawned processes."""
+
+    def __init__(self, jobs: int = 1) -> None:
+        if not 1 <= jobs <= 256:
+            raise RobustMnistError(f"--jobs must be between 1 and 256, got {jobs}")
+        self.jobs = jobs
+
+    def describe(self) -> str:
+        return f"local --jobs {self.jobs}"
+
+    def train(self, runs: Sequence[Run], data_dir: Path | None, on_done: OnRunDone) -> float:
+        t0 = time.perf_counter()
+        if self.jobs <= 1:
+            for run in runs:
+                on_done(run.folder.root, train_one(run, data_dir))
+            return time.perf_counter() - t0
+        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        ctx = multiprocessing.get_context("spawn")  # fork + OpenMP threads can deadlock
+        with ProcessPoolExecutor(max_workers=self.jobs, mp_context=ctx) as pool:
+            futures = {pool.submit(train_one, run, data_dir, threads): run for run in runs}
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    on_done(futures[f].folder.root, f.result())
+        return time.perf_counter() - t0
+
+    def sweep(self, checkpoints: Sequence[Path], families: dict[str, list[float]],
+              device: torch.device, data_dir: Path | None, out_dir: Path,
+              log: Callable[[str], None]) -> None:
+        from robustmnist.evaluation import save_sweep, sweep
+
+        save_sweep(sweep(checkpoints, families, device=device, data_dir=data_dir, log=log), out_dir)
