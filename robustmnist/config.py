@@ -87,17 +87,21 @@ def check(config: C) -> C:
 
 def from_table(cls: type[C], table: Mapping[str, Any], prefix: str = "",
                **nested: Any) -> C:
-    """Build and check `cls` from a mapping; unknown keys and bad values name the key."""
+    """Build and check `cls` from a mapping; unknown keys and bad values name the key
+    (``prefix`` + key; with prefix ``--`` keys are named as command-line options)."""
+    def label(key: str) -> str:
+        return prefix + (key.replace("_", "-") if prefix == "--" else key)
+
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     for key in table:
         if key not in known or key in nested:
             options = ", ".join(sorted(known - set(nested)))
-            raise RobustMnistError(f"{prefix}{key}: unknown key; known keys: {options}")
+            raise RobustMnistError(f"{label(key)}: unknown key; known keys: {options}")
     hints = get_type_hints(cls)
     values = dict(nested)
     for f in fields(cls):  # type: ignore[arg-type]
         if f.name in table:
-            values[f.name] = check_value(prefix + f.name, hints[f.name], table[f.name], f.metadata)
+            values[f.name] = check_value(label(f.name), hints[f.name], table[f.name], f.metadata)
     try:
         return check(cls(**values))
     except RobustMnistError as err:

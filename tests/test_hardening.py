@@ -1,0 +1,317 @@
+"""Regression tests for the adversarial audit (issue 11): every case gets a clear one-line error
+(exit 1), nothing already written is lost, nothing robustmnist does not own is touched."""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import json
+import os
+import shutil
+import string
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from robustmnist import RobustMnistError, artifacts, data
+from robustmnist.cli import app
+from robustmnist.experiments import load_experiment
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_error_line(result, *needles):
+    """Exit code 1, a single 'error:' line, no traceback, naming every needle."""
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    for needle in needles:
+        assert str(needle) in result.output.replace("\n", ""), (needle, result.output)
+
+
+@pytest.fixture
+def run_dir(tmp_path, tiny_data_dir):
+    result = invoke("train", "--epochs", "1", "--batch-size", "128", "--device", "cpu",
+                    "--out", tmp_path / "run", "--quiet", "--threads", "2")
+    assert result.exit_code == 0, result.output
+    return tmp_path / "run"
+
+
+# --------------------------------------------------------------------------- data integrity
+
+def test_verified_gz_wins_over_a_corrupt_raw_file(tiny_data_dir, tiny_arrays):
+    raw = data.raw_dir(tiny_data_dir) / "t10k-images-idx3-ubyte"
+    good = raw.read_bytes()
+    raw.with_suffix(".gz").write_bytes(gzip.compress(good))
+    corrupt = bytearray(good)
+    corrupt[-1] ^= 0xFF  # one pixel of the last digit
+    raw.write_bytes(bytes(corrupt))
+    loaded = data.load_split("test")
+    np.testing.assert_array_equal(loaded.images[:, 0].numpy(), tiny_arrays["test"][0])
+
+
+def test_only_gz_files_are_enough(tiny_data_dir, tiny_arrays):
+    for name in data.MD5:
+        path = data.raw_dir(tiny_data_dir) / name
+        path.with_name(name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+        path.unlink()
+    assert invoke("data", "fetch").exit_code == 0
+    np.testing.assert_array_equal(data.load_split("train").labels.numpy(), tiny_arrays["train"][1])
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    old = os.umask(0o022)
+    try:
+        artifacts.write_text(tmp_path / "x.txt", "hi")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_full_disk_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "keep.txt"
+    target.write_text("old")
+
+    def no_space(*_args, **_kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", no_space)
+    with pytest.raises(RobustMnistError, match="No space left on device"):
+        artifacts.write_text(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]  # no temp file left
+
+
+# --------------------------------------------------------------------------- ownership, locks
+
+def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path, tiny_data_dir):
+    folder = artifacts.claim_dir(tmp_path / "run")
+    with artifacts.folder_lock(folder):  # as if another `train` held it
+        result = invoke("train", "--epochs", "1", "--device", "cpu", "--out", folder, "-q")
+    one_error_line(result, "in use by another robustmnist process")
+    assert not (folder / "checkpoint.pt").exists()
+
+
+def test_report_into_a_users_folder_is_refused(tmp_path, run_dir):
+    assert invoke("eval", run_dir, "--sweep-width", "--family", "delta", "--levels", "1",
+                  "--out", tmp_path / "sweep", "-q").exit_code == 0
+    mine = tmp_path / "somewhere"
+    mine.mkdir()
+    (mine / "README.md").write_text("my notes")
+    one_error_line(invoke("report", tmp_path / "sweep", "--out", mine), mine, "did not create it")
+    assert (mine / "README.md").read_text() == "my notes"
+
+
+def test_experiment_paths_are_relative_to_the_file_and_expand_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    folder = tmp_path / "exps"
+    folder.mkdir()
+    (folder / "e.toml").write_text('output = "~/results"\nreport = "rep"\n[[variants]]\npolicy = "none"\n')
+    exp = load_experiment(folder / "e.toml")
+    assert exp.output == tmp_path / "home" / "results" and exp.report == folder / "rep"
+
+
+def test_export_force_never_empties_a_users_folder(tmp_path, tiny_data_dir):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    one_error_line(invoke("data", "export", mine, "--force"), "did not write")
+    assert (mine / "thesis.tex").read_text() == "precious"
+    # Its own earlier export is replaced.
+    assert invoke("data", "export", tmp_path / "png").exit_code == 0
+    again = invoke("data", "export", tmp_path / "png", "--force", "--split", "test")
+    assert again.exit_code == 0, again.output
+    assert len(list((tmp_path / "png").glob("*.png"))) == 200
+
+
+def test_export_onto_a_symlink_is_refused(tmp_path, tiny_data_dir):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    one_error_line(invoke("data", "export", tmp_path / "link"), "link")
+
+
+# --------------------------------------------------------------------------- bad values
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--seed", str(2**63)], "--seed"),
+    (["--seed", "-1"], "--seed"),
+    (["--threads", "-1"], "--threads"),
+    (["--epochs", "0"], "--epochs"),
+    (["--lr", "inf"], "--lr"),
+    (["--batch-size", "1000000000000"], "--batch-size"),
+    (["--aug", "thickness", "--aug-p", "nan"], "p_untouched"),
+])
+def test_train_bad_values(tmp_path, tiny_data_dir, args, needle):
+    one_error_line(invoke("train", "--device", "cpu", "--out", tmp_path / "r", *args), needle)
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_train_out_is_a_file(tmp_path, tiny_data_dir):
+    (tmp_path / "f").write_text("x")
+    one_error_line(invoke("train", "--device", "cpu", "--out", tmp_path / "f"), "is a file")
+
+
+@pytest.mark.parametrize("args", [["--digits", "0"], ["--draws", "0"], ["--digits", "-3"]])
+def test_preview_bad_counts(tmp_path, tiny_data_dir, args):
+    one_error_line(invoke("augment", "preview", "--out", tmp_path / "p.png", *args), "--digits")
+
+
+def test_preview_out_is_a_folder(tmp_path, tiny_data_dir):
+    one_error_line(invoke("augment", "preview", "--out", tmp_path), "is a folder")
+
+
+def test_resume_with_other_threads_or_model_shape(tmp_path, run_dir):
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    ckpt["config"]["epochs"], ckpt["complete"] = 2, False
+    torch.save(ckpt, run_dir / "checkpoint.pt")
+    base = ["train", "--epochs", "2", "--batch-size", "128", "--device", "cpu", "--out", run_dir,
+            "--resume", "-q"]
+    one_error_line(invoke(*base, "--threads", "1"), "--threads 2")
+    ckpt["state_dict"]["fc1.weight"] = torch.zeros(3, 3)
+    torch.save(ckpt, run_dir / "checkpoint.pt")
+    one_error_line(invoke(*base, "--threads", "2"), "checkpoint.pt", "--force")
+
+
+@pytest.mark.parametrize("damage", ["drop_epoch", "aug_key", "config_type"])
+def test_malformed_checkpoints_in_eval_and_predict(tmp_path, run_dir, damage):
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    if damage == "drop_epoch":
+        del ckpt["epoch"]
+    elif damage == "aug_key":
+        ckpt["config"]["aug"]["blur_sigma"] = 1.0
+    else:
+        ckpt["config"]["epochs"] = "ten"
+    bad = tmp_path / "bad.pt"
+    torch.save(ckpt, bad)
+    one_error_line(invoke("eval", bad), "bad.pt")
+    photo = tmp_path / "x.png"
+    photo.write_bytes(b"")
+    one_error_line(invoke("predict", bad, photo), "bad.pt")
+
+
+def test_predict_save_preprocessed_onto_a_file_and_name_clashes(tmp_path, run_dir):
+    from robustmnist.synthetic import draw_photo, save_jpeg
+
+    rng = np.random.default_rng(0)
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        save_jpeg(tmp_path / sub / "x.jpg", draw_photo(3, 2.5, rng))
+    (tmp_path / "file").write_text("x")
+    one_error_line(invoke("predict", run_dir, tmp_path / "a", "--save-preprocessed", tmp_path / "file"),
+                   "is a file")
+    ok = invoke("predict", run_dir, tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg",
+                "--save-preprocessed", tmp_path / "seen", "--json")
+    assert ok.exit_code == 0, ok.output
+    saved = sorted(p.name for p in (tmp_path / "seen").glob("*.mnist.png"))
+    assert saved == ["x-2.mnist.png", "x.mnist.png"]
+
+
+# --------------------------------------------------------------------------- malformed results
+
+@pytest.fixture
+def sweep_dir(tmp_path, run_dir):
+    assert invoke("eval", run_dir, "--sweep-width", "--family", "delta", "--levels", "1",
+                  "--out", tmp_path / "sweep", "-q").exit_code == 0
+    return tmp_path / "sweep"
+
+
+@pytest.mark.parametrize(("name", "content", "needle"), [
+    ("sweep.json", "{not json", "sweep.json"),
+    ("sweep.csv", "", "sweep.csv"),
+    ("predictions.npz", "junk", "predictions.npz"),
+])
+def test_report_on_malformed_results(tmp_path, sweep_dir, name, content, needle):
+    (sweep_dir / name).write_text(content)
+    one_error_line(invoke("report", sweep_dir, "--out", tmp_path / "rep"), needle)
+
+
+def test_report_refuses_two_sweeps_with_the_same_runs(tmp_path, sweep_dir):
+    shutil.copytree(sweep_dir, tmp_path / "copy")
+    one_error_line(invoke("report", sweep_dir, tmp_path / "copy", "--out", tmp_path / "rep"),
+                   "report them separately")
+
+
+def test_measure_reference_without_thickness_column(tmp_path, tiny_data_dir):
+    ref = tmp_path / "ref.csv"
+    ref.write_text("index,area\n0,1\n")
+    one_error_line(invoke("measure", "--reference", ref, "-q"), "'thickness' column")
+
+
+def test_unexpected_exception_is_one_line_with_a_saved_traceback(tmp_path, tiny_data_dir, monkeypatch):
+    def boom(*_a, **_kw):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(data, "verified_files", boom)
+    result = invoke("data", "fetch")
+    one_error_line(result, "ZeroDivisionError", "traceback in")
+    saved = Path(result.output.split("traceback in ")[1].split(")")[0].strip())
+    assert "boom" in saved.read_text()
+    saved.unlink()
+
+
+# --------------------------------------------------------------------------- experiment files
+
+BASE = '[train]\nepochs = 1\n[[variants]]\npolicy = "none"\n'
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("seeds = [" + ", ".join(map(str, range(100_000))) + "]\n" + BASE, "seeds"),
+    ("seeds = [9223372036854775808]\n" + BASE.replace("epochs = 1", ""), "seeds"),
+    ('[sweep]\nfamilies = ["delta"]\ndelta = [' + ", ".join(["1.0"] * 5000) + "]\n" + BASE, "sweep.delta"),
+    (BASE.replace("epochs = 1", "epochs = 9223372036854775807"), "train.epochs"),
+    (BASE.replace("epochs = 1", "batch_size = 1000000000000"), "train.batch_size"),
+    (BASE.replace("epochs = 1", "lr = inf"), "train.lr"),
+    (BASE + "affine_degrees = inf\n", "variants[0].affine_degrees"),
+    (BASE + 'name = "a\\u0000b"\n', "variants[0].name"),
+    ("epochs = 1\n" + BASE, "epochs"),
+])
+def test_experiment_limits_name_file_and_key(tmp_path, text, key):
+    path = tmp_path / "e.toml"
+    path.write_text(text)
+    with pytest.raises(RobustMnistError) as info:
+        load_experiment(path)
+    assert str(info.value).startswith(f"{path}: key '{key}'"), str(info.value)[:300]
+
+
+_toml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12)
+_keys = st.sampled_from(["name", "seeds", "train", "sweep", "variants", "output", "report",
+                         "epochs", "policy", "families", "delta"]) | st.text(string.ascii_letters, max_size=6)
+
+
+def _toml(value, key=None):
+    """A TOML rendering of hypothesis' value (None -> omitted)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "nan" if value != value else ("inf" if value == float("inf") else
+                                             "-inf" if value == float("-inf") else repr(value))
+    if isinstance(value, int | str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value if v is not None) + "]"
+    return "{" + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items() if v is not None) + "}"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(_keys, _toml_values, max_size=6))
+def test_random_experiment_tables_give_an_experiment_or_a_clear_error(tmp_path, table):
+    path = tmp_path / "random.toml"
+    path.write_text("\n".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in table.items() if v is not None))
+    try:
+        exp = load_experiment(path)
+    except RobustMnistError as err:
+        assert "\n" not in str(err).strip() and str(path) in str(err)
+    else:
+        assert exp.runs() and all(r.config.validate() for r in exp.runs())
