@@ -47,6 +47,11 @@ def _type_name(kind: type) -> str:
         kind, kind.__name__)
 
 
+def _num(bound: float) -> str:
+    """A limit as written: integers in full (MAX_SEED is not 4.29497e+09), floats as %g."""
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
 def check_value(name: str, kind: type, value: Any, meta: Mapping[str, Any]) -> Any:
     """`value` converted to `kind` (int -> float allowed) if it passes the field's limits."""
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -59,10 +64,10 @@ def check_value(name: str, kind: type, value: Any, meta: Mapping[str, Any]) -> A
         raise RobustMnistError(f"{name}: contains a NUL character")
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
-        raise RobustMnistError(f"{name}: must be {'>' if meta.get('lo_open') else '>='} {lo:g}, "
+        raise RobustMnistError(f"{name}: must be {'>' if meta.get('lo_open') else '>='} {_num(lo)}, "
                                f"got {value!r}")
     if hi is not None and value > hi:
-        raise RobustMnistError(f"{name}: must be <= {hi:g}, got {value!r}")
+        raise RobustMnistError(f"{name}: must be <= {_num(hi)}, got {value!r}")
     if (choices := meta.get("choices")) is not None and value not in (options := list(choices())):
         raise RobustMnistError(f"{name}: unknown value {value!r}; choose one of {', '.join(options)}")
     if (extra := meta.get("check")) is not None and (reason := extra(value)):

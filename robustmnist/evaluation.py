@@ -161,9 +161,7 @@ def sweep(checkpoints: Sequence[Path], families: dict[str, list[float]], *,
 
 def training_record(ckpt: Checkpoint) -> dict[str, Any]:
     """Epochs and summed epoch seconds of a run (from its metrics.csv, when next to it)."""
-    from robustmnist.training import read_metrics
-
-    metrics = read_metrics(RunDir(ckpt.path.parent).metrics) if ckpt.path.name == "checkpoint.pt" else []
+    metrics = RunDir(ckpt.path.parent).read_metrics() if ckpt.path.name == "checkpoint.pt" else []
     return {"epochs": len(metrics) or ckpt.epoch,
             "train_seconds": sum(m["epoch_seconds"] for m in metrics) if metrics else None}
 

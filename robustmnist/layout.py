@@ -8,8 +8,11 @@
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
+
+from robustmnist import RobustMnistError
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,17 @@ class RunDir:
     @property
     def summary(self) -> Path:
         return self.root / "summary.json"
+
+    def read_metrics(self) -> list[dict[str, float]]:
+        """The rows of metrics.csv ([] when absent); a clear error when malformed."""
+        if not self.metrics.is_file():
+            return []
+        try:
+            with self.metrics.open() as f:
+                return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        except (OSError, ValueError, TypeError) as err:
+            raise RobustMnistError(f"{self.metrics}: unreadable metrics ({err}); restore it or "
+                                   "retrain with --force") from None
 
 
 @dataclass(frozen=True)

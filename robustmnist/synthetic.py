@@ -1,12 +1,23 @@
 """Synthetic "photos" of digits: dark pen on uneven paper, for tests and the predict benchmark.
 
-Digits are drawn with OpenCV's Hershey fonts at a chosen pen width (given in MNIST pixels: the
-stroke width the digit will have once size-normalised to MNIST's 20 px box), on paper with a
-lighting gradient, sensor noise and optionally a faint printed grid, then saved as JPEG.
+Two sources of digits:
+
+* `draw_photo`: OpenCV's Hershey fonts at a chosen pen width (given in MNIST pixels: the stroke
+  width the digit will have once size-normalised to MNIST's 20 px box), on paper with a
+  lighting gradient, sensor noise and optionally a faint printed grid.
+* `mnist_photo`: a real MNIST digit (labelled handwriting) blown up to photo size, its 50 %
+  contour taken as the pen's edge (MNIST was made from bilevel scans, so that contour is the
+  best estimate of the written shape), then photographed under a `Lighting`: paper and ink
+  brightness, an illumination gradient, lens blur, sensor noise. Read back through
+  ``predict``'s preprocessing it should give the original digit again, so the accuracy gap
+  between the two measures what the preprocessing loses.
+
+Both return uint8 grey images; `save_jpeg` / `jpeg_bytes` add the JPEG step.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -51,8 +62,64 @@ def draw_photo(digit: int, pen_mnist_px: float, rng: np.random.Generator, *,
 
 
 def save_jpeg(path: Path, image: np.ndarray, quality: int = 85) -> Path:
+    Path(path).write_bytes(jpeg_bytes(image, quality))
+    return Path(path)
+
+
+def jpeg_bytes(image: np.ndarray, quality: int = 85) -> bytes:
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
-        raise OSError(f"could not encode {path}")
-    Path(path).write_bytes(buf.tobytes())
-    return Path(path)
+        raise OSError("could not encode a JPEG")
+    return buf.tobytes()
+
+
+@dataclass(frozen=True)
+class Lighting:
+    """How a photo is lit and exposed (brightness 0 = black, 1 = white; clipped at 1)."""
+
+    paper: float = 0.85     # brightness of the paper at the photo's centre
+    ink: float = 0.15       # brightness of the ink there (above `paper` = light ink on dark)
+    gradient: float = 0.25  # illumination change across the photo, fraction of the centre's
+    noise: float = 0.015    # sensor noise, standard deviation
+    blur_px: float = 1.0    # lens blur, Gaussian sigma in photo px
+
+
+# Conditions a photo pipeline must survive; polarity must not depend on absolute brightness.
+LIGHTINGS = {
+    "normal": Lighting(),
+    "dim": Lighting(paper=0.40, ink=0.08),                 # paper at 40 % grey
+    "over-exposed": Lighting(paper=1.35, ink=0.55),        # paper clipped to white
+    "low contrast": Lighting(paper=0.70, ink=0.52, noise=0.01),
+    "light ink on dark": Lighting(paper=0.12, ink=0.85),
+}
+
+
+def mnist_photo(digit: np.ndarray, rng: np.random.Generator, lighting: Lighting = Lighting(), *,
+                size: tuple[int, int] = (300, 300), px_per_mnist_px: float | None = None
+                ) -> np.ndarray:
+    """(height, width) uint8 photo of one MNIST digit (uint8 28x28, light ink on black).
+
+    The digit is scaled by `px_per_mnist_px` (default: random, so its 20-px box spans 35-60 %
+    of the photo's height), placed at a random position, and lit with a gradient in a random
+    direction.
+    """
+    height, width = size
+    scale = px_per_mnist_px or rng.uniform(0.35, 0.6) * height / 20
+    side = max(1, round(28 * scale))
+    # Pen shape: the 50 % contour of the smoothly upsampled digit, anti-aliased at 2x.
+    up = cv2.resize(digit.astype(np.float32) / 255, (2 * side, 2 * side), interpolation=cv2.INTER_CUBIC)
+    pen = cv2.resize((up > 0.5).astype(np.float32), (side, side), interpolation=cv2.INTER_AREA)
+    coverage = np.zeros((height, width), np.float32)
+    y0, x0 = (int(rng.integers(0, max(1, n - side) + 1)) for n in (height, width))
+    window = coverage[y0:y0 + side, x0:x0 + side]
+    window[...] = pen[:window.shape[0], :window.shape[1]]
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = np.cos(angle) * (xx / width - 0.5) + np.sin(angle) * (yy / height - 0.5)
+    illumination = 1 + lighting.gradient * ramp
+    reflectance = lighting.paper + (lighting.ink - lighting.paper) * coverage
+    photo = illumination * reflectance
+    if lighting.blur_px > 0:
+        photo = cv2.GaussianBlur(photo, (0, 0), lighting.blur_px)
+    photo += rng.normal(0, lighting.noise, photo.shape).astype(np.float32)
+    return np.clip(np.rint(photo * 255), 0, 255).astype(np.uint8)

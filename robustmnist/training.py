@@ -63,18 +63,6 @@ class Progress:
     def end(self, row: dict[str, float]) -> None: ...
 
 
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    """The rows of a run's metrics.csv ([] when absent); a clear error when malformed."""
-    if not path.is_file():
-        return []
-    try:
-        with path.open() as f:
-            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    except (OSError, ValueError, TypeError) as err:
-        raise RobustMnistError(f"{path}: unreadable metrics ({err}); restore it or retrain "
-                               "with --force") from None
-
-
 def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
@@ -126,7 +114,7 @@ def _train_locked(config: TrainConfig, run: RunDir, device: torch.device, *, res
     state = "new" if force else run_state(run.root, config)
     if state == "complete":
         log(f"{run.root} is already complete ({config.epochs} epochs); nothing to train")
-        return TrainResult(run.root, read_metrics(run.metrics), True, 0.0)
+        return TrainResult(run.root, run.read_metrics(), True, 0.0)
     if state == "partial" and not resume:
         raise RobustMnistError(f"{run.root} holds an unfinished run; pass --resume to continue it "
                                "or --force to start over")
@@ -179,7 +167,7 @@ def _resume(run: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer,
     except (RuntimeError, KeyError, ValueError, TypeError) as err:
         raise RobustMnistError(f"{run.checkpoint}: does not fit model {ckpt.model!r} "
                                f"({str(err).splitlines()[0][:160]}); pass --force to start over") from None
-    metrics = read_metrics(run.metrics)[:ckpt.epoch]
+    metrics = run.read_metrics()[:ckpt.epoch]
     if len(metrics) != ckpt.epoch:
         raise RobustMnistError(f"{run.metrics} has {len(metrics)} rows for {ckpt.epoch} finished "
                                "epochs; restore it or pass --force to start over")

@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from robustmnist import RobustMnistError
-from robustmnist.augmentation import POLICIES, AugConfig, apply, augment, preview, sample
+from robustmnist.augmentation import POLICIES, AugConfig, AugParams, apply, augment, preview, sample
 
 
 def _batch(device, n=32):
@@ -45,28 +44,31 @@ def test_sampled_levels_respect_range_and_p_untouched(device):
     assert abs((d == 0).float().mean().item() - 0.3) < 0.02
 
 
-def test_params_replay(device):
+def test_augment_is_sample_then_apply(device):
     config = AugConfig.from_policy("thickness+affine")
     x = _batch(device)
     params = sample(config, len(x), torch.Generator(device=device).manual_seed(5))
-    torch.testing.assert_close(apply(x, params), apply(x, params))
     assert params.affine is not None and params.affine.shape == (len(x), 3, 3)
+    replayed = augment(x, config, torch.Generator(device=device).manual_seed(5))
+    torch.testing.assert_close(replayed, apply(x, params), rtol=0, atol=0)
+    assert not torch.equal(replayed, x)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"delta_min_px": 1.0, "delta_max_px": -1.0}, "invalid"),
-    ({"delta_max_px": 3.5}, "invalid"),
-    ({"p_untouched": 1.5}, "p_untouched"),
-    ({"colour": 1}, "unknown augmentation option"),
-])
-def test_bad_policy_parameters(kwargs, match):
-    with pytest.raises(RobustMnistError, match=match):
-        AugConfig.from_policy("thickness", **kwargs)
+@pytest.mark.parametrize("i", [0, 13, 31])
+def test_each_draw_applies_to_its_own_image(device, i):
+    """Image i of a batch gets draw i, whatever else is in the batch."""
+    config = AugConfig.from_policy("thickness+affine", p_untouched=0.0)
+    x = _batch(device)
+    params = sample(config, len(x), torch.Generator(device=device).manual_seed(5))
+    assert params.affine is not None
+    alone = apply(x[i:i + 1], AugParams(params.stroke_delta_px[i:i + 1], params.affine[i:i + 1]))
+    torch.testing.assert_close(alone, apply(x, params)[i:i + 1])
 
 
-def test_unknown_policy():
-    with pytest.raises(RobustMnistError, match="unknown augmentation"):
-        AugConfig.from_policy("blur")
+def test_zero_draw_is_the_identity(device):
+    x = _batch(device)
+    still = AugParams(torch.zeros(len(x), device=device), torch.eye(3, device=device).repeat(len(x), 1, 1))
+    torch.testing.assert_close(apply(x, still), x)
 
 
 def test_preview_grid_shape(device):

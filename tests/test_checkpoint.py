@@ -47,7 +47,7 @@ def test_round_trip_keeps_every_field(tmp_path):
     for key, value in model.state_dict().items():
         torch.testing.assert_close(ckpt.state_dict[key], value, rtol=0, atol=0)
     assert ckpt.variant == "thick"  # no variant in meta: the policy
-    assert ckpt.run == "tmp_path"[:0] + path.parent.name  # <run>/checkpoint.pt: the folder
+    assert ckpt.run == tmp_path.name  # <run>/checkpoint.pt: named by its folder
 
 
 def test_run_name_and_variant_come_from_meta(tiny_run):

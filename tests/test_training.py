@@ -1,15 +1,14 @@
+import json
+
 import pandas as pd
 import pytest
 import torch
 
 from robustmnist import RobustMnistError
-from robustmnist.augmentation import AugConfig
-from robustmnist.training import (
-    TrainConfig,
-    load_checkpoint,
-    model_from_checkpoint,
-    train,
-)
+from robustmnist.checkpoint import Classifier, load_checkpoint
+from robustmnist.config import AugConfig, TrainConfig
+from robustmnist.layout import RunDir
+from robustmnist.training import METRIC_COLUMNS, read_metrics, run_state, train
 
 
 def _config(**kw):
@@ -22,14 +21,40 @@ def _train(tmp_path, tiny_splits, name="run", **kw):
                  test_split=tiny_splits["test"], **kw)
 
 
+def _stop_after_first_epoch(run_dir, epochs):
+    """Make a finished 1-epoch run look like an `epochs`-epoch run interrupted after epoch 1."""
+    path = RunDir(run_dir).checkpoint
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["epochs"], payload["complete"] = epochs, False
+    torch.save(payload, path)
+
+
 def test_one_tiny_epoch_writes_a_run(tmp_path, tiny_splits):
     result = _train(tmp_path, tiny_splits, config=_config(epochs=1))
-    run = tmp_path / "run"
-    assert {"config.json", "metrics.csv", "checkpoint.pt", "summary.json"} <= {p.name for p in run.iterdir()}
-    metrics = pd.read_csv(run / "metrics.csv")
-    assert list(metrics["epoch"]) == [1]
-    assert metrics["images_per_second"].iloc[0] > 0
-    assert result.metrics[0]["test_accuracy"] == pytest.approx(metrics["test_accuracy"].iloc[0])
+    run = RunDir(tmp_path / "run")
+    assert {"config.json", "metrics.csv", "checkpoint.pt", "summary.json"} <= {
+        p.name for p in run.root.iterdir()}
+    metrics = pd.read_csv(run.metrics)
+    assert list(metrics.columns) == METRIC_COLUMNS and list(metrics["epoch"]) == [1]
+    row = metrics.iloc[0]
+    # images/s is the training split over the epoch's time (not a batch, not the test set)
+    assert row["images_per_second"] == pytest.approx(len(tiny_splits["train"]) / row["epoch_seconds"],
+                                                     rel=1e-6)
+    assert read_metrics(run.metrics) == pytest.approx(result.metrics)
+    saved = json.loads(run.config.read_text())
+    assert TrainConfig.from_dict(saved["config"]) == _config(epochs=1)
+    assert saved["variant"] == "none" and saved["run_name"] == "run"
+
+
+def test_metrics_describe_the_saved_weights(tmp_path, tiny_splits):
+    """The test accuracy and loss in metrics.csv are those of the checkpoint's weights."""
+    result = _train(tmp_path, tiny_splits)
+    test = tiny_splits["test"]
+    ckpt = load_checkpoint(tmp_path / "run")
+    nll, acc, _ = Classifier.from_checkpoint(ckpt).evaluate(test.images, test.labels)
+    assert acc == pytest.approx(result.metrics[-1]["test_accuracy"])
+    assert nll == pytest.approx(result.metrics[-1]["test_loss"], rel=1e-5)
+    assert ckpt.epoch == 2 and ckpt.complete
 
 
 def test_learns_the_synthetic_digits(tmp_path, tiny_splits):
@@ -40,9 +65,9 @@ def test_learns_the_synthetic_digits(tmp_path, tiny_splits):
 def test_deterministic_for_a_seed(tmp_path, tiny_splits):
     a = _train(tmp_path, tiny_splits, "a").metrics
     b = _train(tmp_path, tiny_splits, "b").metrics
-    strip = [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")} for r in a]
-    assert strip == [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")}
-                     for r in b]
+    timing = ("epoch_seconds", "images_per_second")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in a] == [
+        {k: v for k, v in r.items() if k not in timing} for r in b]
 
 
 @pytest.mark.parametrize("policy", ["none", "thickness+affine"])
@@ -51,14 +76,12 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_splits, policy):
     _train(tmp_path, tiny_splits, "full", config=config)
     # "Interrupted" after epoch 1: same config with epochs=1 writes the same first epoch...
     _train(tmp_path, tiny_splits, "part", config=_config(epochs=1, aug=config.aug))
-    ckpt = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
-    ckpt["config"]["epochs"], ckpt["complete"] = 3, False  # ...as a 3-epoch run stopped there
-    torch.save(ckpt, tmp_path / "part" / "checkpoint.pt")
+    _stop_after_first_epoch(tmp_path / "part", 3)  # ...as a 3-epoch run stopped there
     _train(tmp_path, tiny_splits, "part", config=config, resume=True)
     full = load_checkpoint(tmp_path / "full")
     part = load_checkpoint(tmp_path / "part")
-    for key, value in full["state_dict"].items():
-        torch.testing.assert_close(part["state_dict"][key], value, rtol=0, atol=0)
+    for key, value in full.state_dict.items():
+        torch.testing.assert_close(part.state_dict[key], value, rtol=0, atol=0)
     cols = ["epoch", "train_loss", "test_loss", "test_accuracy"]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "full" / "metrics.csv")[cols],
                                   pd.read_csv(tmp_path / "part" / "metrics.csv")[cols])
@@ -68,68 +91,47 @@ def test_finished_run_is_not_retrained(tmp_path, tiny_splits):
     _train(tmp_path, tiny_splits, config=_config(epochs=1))
     before = (tmp_path / "run" / "checkpoint.pt").stat().st_mtime_ns
     result = _train(tmp_path, tiny_splits, config=_config(epochs=1))
-    assert result.seconds == 0.0
+    assert result.seconds == 0.0 and result.complete and len(result.metrics) == 1
     assert (tmp_path / "run" / "checkpoint.pt").stat().st_mtime_ns == before
 
 
 def test_unfinished_run_needs_resume_and_other_settings_refused(tmp_path, tiny_splits):
     _train(tmp_path, tiny_splits, config=_config(epochs=1))
-    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
-    ckpt["config"]["epochs"], ckpt["complete"] = 2, False
-    torch.save(ckpt, tmp_path / "run" / "checkpoint.pt")
+    _stop_after_first_epoch(tmp_path / "run", 2)
+    assert run_state(tmp_path / "run", _config(epochs=2)) == "partial"
+    assert run_state(tmp_path / "run", _config(epochs=2, device="auto")) == "partial"  # hardware only
     with pytest.raises(RobustMnistError, match="--resume"):
         _train(tmp_path, tiny_splits, config=_config(epochs=2))
-    with pytest.raises(RobustMnistError, match="other settings"):
+    with pytest.raises(RobustMnistError, match=r"other settings \(lr\)"):
         _train(tmp_path, tiny_splits, config=_config(epochs=2, lr=0.5))
 
 
-def test_checkpoint_round_trip(tmp_path, tiny_splits):
+def test_force_starts_over_only_in_a_folder_robustmnist_made(tmp_path, tiny_splits):
     _train(tmp_path, tiny_splits, config=_config(epochs=1))
-    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
-    assert ckpt["model"] == "baseline" and ckpt["complete"] and ckpt["epoch"] == 1
-    assert ckpt["meta"]["data_md5"] == {} and "git_revision" in ckpt["meta"]
-    model = model_from_checkpoint(ckpt)
-    x = torch.randn(2, 1, 28, 28)
-    assert model(x).shape == (2, 10)
+    result = _train(tmp_path, tiny_splits, config=_config(epochs=1, lr=0.5), force=True)
+    assert result.seconds > 0 and load_checkpoint(tmp_path / "run").config.lr == 0.5
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my own file")
+    with pytest.raises(RobustMnistError, match="robustmnist did not create it"):
+        _train(tmp_path, tiny_splits, "mine", config=_config(epochs=1), force=True)
+    assert (mine / "notes.txt").read_text() == "my own file"
 
 
-def test_corrupt_checkpoint(tmp_path):
-    bad = tmp_path / "checkpoint.pt"
-    bad.write_bytes(b"not a zip file at all")
-    with pytest.raises(RobustMnistError, match="corrupt"):
-        load_checkpoint(bad)
-    with pytest.raises(RobustMnistError, match="not found"):
-        load_checkpoint(tmp_path / "missing.pt")
-
-
-def test_checkpoint_with_code_is_refused(tmp_path):
-    class Payload:
-        def __reduce__(self):
-            return (print, ("side effect",))
-
-    path = tmp_path / "evil.pt"
-    torch.save({"format": "robustmnist-checkpoint-v1", "x": Payload()}, path)
-    with pytest.raises(RobustMnistError, match="other than weights"):
-        load_checkpoint(path)
-
-
-def test_checkpoint_of_other_architecture(tmp_path, tiny_splits):
+def test_metrics_out_of_step_with_the_checkpoint_are_refused(tmp_path, tiny_splits):
     _train(tmp_path, tiny_splits, config=_config(epochs=1))
-    ckpt = load_checkpoint(tmp_path / "run")
-    ckpt["state_dict"]["fc1.weight"] = torch.zeros(10, 10)
-    with pytest.raises(RobustMnistError, match="do not fit"):
-        model_from_checkpoint(ckpt)
-    ckpt["model"] = "vit"
-    torch.save(ckpt, tmp_path / "vit.pt")
-    with pytest.raises(RobustMnistError, match="unknown model"):
-        load_checkpoint(tmp_path / "vit.pt")
+    _stop_after_first_epoch(tmp_path / "run", 2)
+    (tmp_path / "run" / "metrics.csv").write_text(",".join(METRIC_COLUMNS) + "\n")
+    with pytest.raises(RobustMnistError, match="0 rows for 1 finished epochs"):
+        _train(tmp_path, tiny_splits, config=_config(epochs=2), resume=True)
 
 
 @pytest.mark.parametrize(("kw", "match"), [({"epochs": 0}, "epochs"), ({"lr": -1.0}, "lr"),
                                            ({"device": "tpu"}, "device")])
-def test_bad_config(kw, match):
+def test_bad_config(tmp_path, tiny_splits, kw, match):
     with pytest.raises(RobustMnistError, match=match):
-        _config(**kw).validate()
+        _train(tmp_path, tiny_splits, config=_config(**kw))
+    assert not (tmp_path / "run").exists()  # refused before the folder is made
 
 
 @pytest.mark.gpu
