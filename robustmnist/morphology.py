@@ -147,6 +147,7 @@ def apply_stroke_delta(x: torch.Tensor, stroke_delta_px: torch.Tensor) -> torch.
         deep = torch.nonzero(w2_sub > 0).flatten()          # positions within idx
         if deep.numel():
             second = second_step(LADDER[2 * sign], first.index_select(0, deep))
-            out.index_add_(0, idx.index_select(0, deep), second.mul_(w2_sub.index_select(0, deep).view(-1, 1, 1, 1)))
+            second.mul_(w2_sub.index_select(0, deep).view(-1, 1, 1, 1))
+            out.index_add_(0, idx.index_select(0, deep), second)
     out = out.clamp_(0, 1)
     return out.contiguous(memory_format=fmt) if fmt is not None else out
