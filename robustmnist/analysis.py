@@ -5,8 +5,9 @@ DataFrames or sentences; nothing renders or writes (that is ``reports.py``). The
 used by the findings: a difference counts when its paired McNemar test vs the same-seed
 baseline is significant (p < 0.05) in every seed and the 95 % intervals do not overlap.
 
->>> mean_ci([0.9, 0.92, 0.94])[0]
-0.92
+>>> mean, lo, hi, n = mean_ci([0.90, 0.92, 0.94])
+>>> round(mean, 4), round(hi - mean, 4), n
+(0.92, 0.0497, 3)
 """
 
 from __future__ import annotations

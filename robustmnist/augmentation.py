@@ -2,17 +2,24 @@
 
 Policies are configurations of one mechanism, not code copies:
 
-======================  ==========================================================
-``none``                the baseline: the batch is untouched
-``thickness``           random signed stroke change in [-1, +2] px (thin and thick)
-``thin``                erosion only, [-1, 0] px
-``thick``               dilation only, [0, +2] px
-``thickness+affine``    ``thickness`` plus a small random affine (the "is it just
-                        more augmentation?" control)
-======================  ==========================================================
+=========================  ==========================================================
+``none``                   the baseline: the batch is untouched
+``thickness``              random signed stroke change in [-1, +2] px (thin and thick)
+``thin``                   erosion only, [-1, 0] px
+``thick``                  dilation only, [0, +2] px
+``thickness+affine``       ``thickness`` plus a small random affine (the "is it just
+                           more augmentation?" control)
+``pen``                    80 % of the digits redrawn along their own skeleton with a
+                           pen of measured width uniform in [1, 6] px (``pen.py``)
+``pen+thickness+affine``   half the digits redrawn with a pen, the other half get the
+                           ``thickness`` change; then the affine on all
+=========================  ==========================================================
 
 Randomness comes from a seeded ``torch.Generator`` on the training device, so a run replays
 exactly; parameters are drawn first (`sample`), then applied deterministically (`apply`).
+The ``pen`` redraw needs each digit's skeleton distance map: a `PenAtlas` built once per
+training set (``pen.training_atlas``) and indexed with the batch's indices
+(``augment(x, config, generator, atlas[idx])``); the other policies need nothing else.
 """
 
 from __future__ import annotations
@@ -24,15 +31,20 @@ from kornia.geometry.transform import get_affine_matrix2d, warp_affine
 
 from robustmnist.config import POLICIES, AugConfig
 from robustmnist.morphology import apply_stroke_delta
+from robustmnist.pen import PenAtlas, build_atlas, draw
 
-__all__ = ["POLICIES", "AugConfig", "AugParams", "apply", "augment", "preview", "sample"]
+__all__ = ["POLICIES", "AugConfig", "AugParams", "PenAtlas", "apply", "augment", "preview",
+           "sample"]
+
 
 @dataclass(frozen=True)
 class AugParams:
-    """One batch's sampled parameters, replayable: (B,) stroke levels and (B, 3, 3) affines."""
+    """One batch's sampled parameters, replayable: (B,) stroke levels, (B, 3, 3) affines and
+    (B,) pen widths (px; 0 = not redrawn; None when the policy has no pen)."""
 
     stroke_delta_px: torch.Tensor
     affine: torch.Tensor | None
+    pen_width_px: torch.Tensor | None = None
 
 
 def sample(config: AugConfig, batch_size: int, generator: torch.Generator) -> AugParams:
@@ -45,6 +57,12 @@ def sample(config: AugConfig, batch_size: int, generator: torch.Generator) -> Au
     delta = uniform(config.delta_min_px, config.delta_max_px)
     touched = torch.rand(batch_size, generator=generator, device=device) >= config.p_untouched
     delta = torch.where(touched, delta, torch.zeros_like(delta))
+    pen_width = None
+    if config.p_pen > 0:  # drawn only for pen policies: the others replay as before
+        width = uniform(config.pen_min_px, config.pen_max_px)
+        redrawn = torch.rand(batch_size, generator=generator, device=device) < config.p_pen
+        pen_width = torch.where(redrawn, width, torch.zeros_like(width))
+        delta = torch.where(redrawn, torch.zeros_like(delta), delta)  # a pen sets the width
     matrix = None
     if config.affine:
         angle = uniform(-config.affine_degrees, config.affine_degrees)
@@ -54,12 +72,22 @@ def sample(config: AugConfig, batch_size: int, generator: torch.Generator) -> Au
         center = torch.full((batch_size, 2), (side - 1) / 2, device=device)
         matrix = get_affine_matrix2d(shift.view(batch_size, 2) * side, center,
                                      zoom.unsqueeze(1).repeat(1, 2), angle)
-    return AugParams(delta, matrix)
+    return AugParams(delta, matrix, pen_width)
 
 
-def apply(x: torch.Tensor, params: AugParams) -> torch.Tensor:
-    """Apply sampled parameters to images in [0, 1], (B, 1, H, W); same device and dtype."""
+def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None) -> torch.Tensor:
+    """Apply sampled parameters to images in [0, 1], (B, 1, H, W); same device and dtype.
+
+    `atlas` holds the rows of these B digits (needed when `params` has pen widths): the pen
+    redraw replaces a digit first, then come the stroke change and the affine.
+    """
     out = x
+    if params.pen_width_px is not None:
+        if atlas is None or len(atlas) != x.shape[0]:
+            raise ValueError("a pen policy needs the PenAtlas rows of the batch's digits "
+                             f"({x.shape[0]}), got {'none' if atlas is None else len(atlas)}")
+        redrawn = (params.pen_width_px > 0) & atlas.drawable
+        out = torch.where(redrawn.view(-1, 1, 1, 1), draw(atlas, params.pen_width_px).to(x.dtype), x)
     if bool((params.stroke_delta_px != 0).any()):
         out = apply_stroke_delta(out, params.stroke_delta_px)
     if params.affine is not None:
@@ -70,23 +98,26 @@ def apply(x: torch.Tensor, params: AugParams) -> torch.Tensor:
     return out
 
 
-def augment(x: torch.Tensor, config: AugConfig, generator: torch.Generator) -> torch.Tensor:
-    """`sample` then `apply`; the identity policy returns `x` itself (bit-identical baseline)."""
+def augment(x: torch.Tensor, config: AugConfig, generator: torch.Generator,
+            atlas: PenAtlas | None = None) -> torch.Tensor:
+    """`sample` then `apply`; the identity policy returns `x` itself (bit-identical baseline).
+    `atlas`: the batch's rows of the training set's `PenAtlas` (pen policies only)."""
     if config.is_identity:
         return x
-    return apply(x, sample(config, x.shape[0], generator))
-
+    return apply(x, sample(config, x.shape[0], generator), atlas)
 
 
 def preview(images_u8: torch.Tensor, config: AugConfig, draws: int,
             seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(digits, 1 + draws, 28, 28) uint8 grid (original first) and the (digits, draws) levels."""
+    """(digits, 1 + draws, 28, 28) uint8 grid (original first) and the (digits, draws) stroke
+    changes drawn (px; 0 for a pen redraw)."""
     x = images_u8.float().div(255)  # (D, 1, 28, 28)
+    atlas = build_atlas(images_u8.cpu().numpy()).to(x.device) if config.p_pen > 0 else None
     generator = torch.Generator(device=x.device).manual_seed(seed)
     columns, levels = [x[:, 0]], []
     for _ in range(draws):
         params = sample(config, x.shape[0], generator)
-        columns.append(apply(x, params)[:, 0])
+        columns.append(apply(x, params, atlas)[:, 0])
         levels.append(params.stroke_delta_px)
     grid = torch.stack(columns, 1).mul(255).round().to(torch.uint8)
     return grid.cpu(), torch.stack(levels, 1).cpu()

@@ -203,15 +203,26 @@ def run_cmd(
                                       "split between them).")] = 1,
     output: Annotated[Path | None, typer.Option("--out", help="Override the file's output "
                                                 "folder (the report then goes to OUT/report).")] = None,
+    executor: Annotated[str, typer.Option(help="Where runs execute: local | ray (pip install "
+                                          "-e \".[ray]\").")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster: auto (the running one) or "
+                       "HOST:PORT. Default: a Ray instance on this machine.",
+                       show_default=False)] = None,
+    cpus_per_run: Annotated[float | None, typer.Option(help="Ray: CPUs per task (its torch "
+                            "threads). Default 1.", show_default=False)] = None,
+    gpus_per_run: Annotated[float | None, typer.Option(help="Ray: GPUs per task; fractions "
+                            "share a GPU (0.25 = four runs per GPU). Default 0.",
+                            show_default=False)] = None,
     data_dir: DataDir = None, quiet: Quiet = False,
 ) -> None:
     """Train every (variant, seed) not yet complete, sweep all checkpoints, write the report."""
-    from robustmnist.executors import LocalExecutor
+    from robustmnist.executors import make_executor
     from robustmnist.experiments import load_experiment, resolve_path, run_experiment
 
-    executor = LocalExecutor(jobs)
+    log = logger(quiet)
     exp = load_experiment(resolve_path(experiment), output)
-    outcome = run_experiment(exp, executor, data_dir=data_dir, log=logger(quiet))
+    runner = make_executor(executor, jobs, address, cpus_per_run, gpus_per_run, log)
+    outcome = run_experiment(exp, runner, data_dir=data_dir, log=log)
     out.print(f"{exp.name}: {outcome.total} runs complete; report in {outcome.report} "
               f"({outcome.seconds:.0f}s this time)")
 

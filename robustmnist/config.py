@@ -26,6 +26,7 @@ from typing import Any, TypeVar, get_type_hints
 from robustmnist import RobustMnistError
 from robustmnist.models import MODELS, check_device
 from robustmnist.morphology import LADDER_RANGE
+from robustmnist.pen import PEN_RANGE
 
 C = TypeVar("C")
 
@@ -125,6 +126,9 @@ POLICIES: dict[str, dict[str, Any]] = {
     "thin": {"delta_min_px": -1.0, "delta_max_px": 0.0},
     "thick": {"delta_min_px": 0.0, "delta_max_px": 2.0},
     "thickness+affine": {"delta_min_px": -1.0, "delta_max_px": 2.0, "affine": True},
+    "pen": {"p_pen": 0.8},
+    "pen+thickness+affine": {"p_pen": 0.5, "delta_min_px": -1.0, "delta_max_px": 2.0,
+                             "affine": True},
 }
 
 
@@ -144,17 +148,26 @@ class AugConfig:
     affine_translate: float = setting(0.08, "max shift, fraction of the image side (uniform +/-)",
                                       lo=0, hi=0.5)
     affine_scale: float = setting(0.1, "max relative zoom (uniform 1 +/- this)", lo=0, hi=0.9)
+    p_pen: float = setting(0.0, "probability that an image is redrawn along its skeleton with a "
+                           "random pen (pen.py); the others get the stroke change", lo=0, hi=1)
+    pen_min_px: float = setting(1.0, "thinnest pen, px of measured stroke thickness at 28x28",
+                                lo=PEN_RANGE[0], hi=PEN_RANGE[1])
+    pen_max_px: float = setting(6.0, "thickest pen, px (uniform between)",
+                                lo=PEN_RANGE[0], hi=PEN_RANGE[1])
 
     @property
     def is_identity(self) -> bool:
         thickness_off = self.delta_min_px == 0 and self.delta_max_px == 0
-        return thickness_off and not self.affine
+        return thickness_off and not self.affine and self.p_pen == 0
 
     def check_together(self) -> None:
         if self.delta_min_px > self.delta_max_px:
             raise RobustMnistError(
                 f"augmentation range [{self.delta_min_px:g}, {self.delta_max_px:g}] px is invalid; "
                 "need min <= max")
+        if self.pen_min_px > self.pen_max_px:
+            raise RobustMnistError(
+                f"pen range [{self.pen_min_px:g}, {self.pen_max_px:g}] px is invalid; need min <= max")
 
     def validate(self) -> AugConfig:
         return check(self)

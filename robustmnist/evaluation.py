@@ -119,36 +119,53 @@ def _row(ident: dict[str, Any], ckpt: Checkpoint, pset: PerturbedSet, labels: np
     return row
 
 
+#: Per set, in order: (mean NLL, accuracy, predicted labels int8 (N,)).
+Scores = list[tuple[float, float, np.ndarray]]
+#: Scores every checkpoint on every set; an executor may pass its own (e.g. one Ray task per
+#: checkpoint). Arguments: checkpoints, sets, labels (N,), device.
+ScoreFn = Callable[[Sequence[Checkpoint], Sequence[PerturbedSet], np.ndarray, torch.device],
+                   list[Scores]]
+
+
+def score(ckpt: Checkpoint, sets: Sequence[PerturbedSet], labels: np.ndarray,
+          device: torch.device) -> Scores:
+    """One checkpoint on every set (pure: numbers only, no rows or paths)."""
+    model = Classifier.from_checkpoint(ckpt, device)
+    labels_t = torch.from_numpy(labels).to(device)
+    out = []
+    for pset in sets:
+        nll, acc, pred = model.evaluate(torch.from_numpy(pset.images).unsqueeze(1), labels_t)
+        out.append((nll, acc, pred.cpu().numpy().astype(np.int8)))
+    return out
+
+
+def _score_here(loaded: Sequence[Checkpoint], sets: Sequence[PerturbedSet], labels: np.ndarray,
+                device: torch.device) -> list[Scores]:
+    return [score(ckpt, sets, labels, device) for ckpt in loaded]
+
+
 def sweep(checkpoints: Sequence[Path], families: dict[str, list[float]], *,
           device: torch.device, data_dir: Path | None = None, cache_dir: Path | None = None,
-          log: Log = _quiet) -> SweepResult:
+          log: Log = _quiet, scores: ScoreFn | None = None) -> SweepResult:
     """Evaluate every checkpoint on the clean set and every (family, level) set.
 
-    Each set is loaded once and every checkpoint is evaluated on it; rows come out
-    checkpoint-major (all sets of the first checkpoint, then the next)."""
+    The sets are loaded (or built) once; `scores` evaluates the checkpoints on them (default:
+    here, one after another). Rows come out checkpoint-major (all sets of the first
+    checkpoint, then the next)."""
     t0 = time.perf_counter()
     loaded = [load_checkpoint(Path(c)) for c in checkpoints]  # fail fast, before any work
     identities = _unique_identities(loaded)
-    models = [Classifier.from_checkpoint(c, device) for c in loaded]
     sets = [(family, float(level)) for family, levels in [("clean", [0.0]), *families.items()]
             for level in levels]
-    results: list[list[tuple[dict[str, Any], np.ndarray]]] = [[] for _ in loaded]
-    examples, clean_thickness, labels = [], None, np.zeros(0)
     test = load_split("test", data_dir, log=log)
-    for family, level in sets:
-        pset, labels = test_set(family, level, data_dir, cache_dir, log, test)
-        if family == "clean":
-            clean_thickness = pset.thickness
-        examples.append(pset.images[:N_EXAMPLES])
-        images = torch.from_numpy(pset.images).unsqueeze(1).to(device)
-        labels_t = torch.from_numpy(labels).to(device)
-        for i, (ckpt, model) in enumerate(zip(loaded, models, strict=True)):
-            nll, acc, pred_t = model.evaluate(images, labels_t)
-            pred = pred_t.cpu().numpy().astype(np.int8)
-            results[i].append((_row(identities[i], ckpt, pset, labels, nll, acc, pred), pred))
+    psets = [test_set(family, level, data_dir, cache_dir, log, test)[0] for family, level in sets]
+    labels = test.labels.numpy()
+    per_ckpt = (scores or _score_here)(loaded, psets, labels, device)
+    flat = [(_row(ident, ckpt, pset, labels, nll, acc, pred), pred)
+            for ident, ckpt, ckpt_scores in zip(identities, loaded, per_ckpt, strict=True)
+            for pset, (nll, acc, pred) in zip(psets, ckpt_scores, strict=True)]
     for ident in identities:
         log(f"evaluated {ident['run']} on {len(sets)} sets")
-    flat = [r for per_ckpt in results for r in per_ckpt]
     meta = {"checkpoints": [str(c.path) for c in loaded], "families": families,
             "checkpoint_mtimes": {str(c.path): os.path.getmtime(c.path) for c in loaded},
             "training": {i["run"]: training_record(c) for i, c in zip(identities, loaded, strict=True)},
@@ -156,7 +173,8 @@ def sweep(checkpoints: Sequence[Path], families: dict[str, list[float]], *,
             "data_md5": {k: MD5[k] for k in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}}
     return SweepResult([r for r, _ in flat], labels,
                        np.stack([p for _, p in flat]) if flat else np.zeros((0, len(labels)), np.int8),
-                       meta, clean_thickness, sets, np.stack(examples))
+                       meta, psets[0].thickness, sets,
+                       np.stack([p.images[:N_EXAMPLES] for p in psets]))
 
 
 def training_record(ckpt: Checkpoint) -> dict[str, Any]:

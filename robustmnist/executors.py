@@ -2,7 +2,9 @@
 pending trainings, a stale sweep); an executor only decides *where*.
 
 `LocalExecutor` trains in this process (``jobs=1``) or in a pool of spawned processes, CPU
-threads split between them. Every executor writes the same files (run folders, sweep folder).
+threads split between them; `ray_executor.RayExecutor` runs tasks on a Ray cluster (an
+optional extra, imported only when asked for). Every executor writes the same files (run
+folders, sweep folder).
 """
 
 from __future__ import annotations
@@ -48,6 +50,32 @@ def train_one(run: Run, data_dir: Path | None, threads: int = 0) -> float:
     t0 = time.perf_counter()
     train(run.config, run.folder.root, resume=True, data_dir=data_dir, variant=run.variant.name)
     return time.perf_counter() - t0
+
+
+EXECUTORS = ("local", "ray")
+
+
+def make_executor(kind: str, jobs: int = 1, address: str | None = None,
+                  cpus_per_run: float | None = None, gpus_per_run: float | None = None,
+                  log: Callable[[str], None] = lambda _m: None) -> Executor:
+    """The executor the command line asks for; options that do not apply to it are refused.
+    A Ray executor connects at once, so that a wrong address fails before any work."""
+    if kind == "local":
+        if address is not None or cpus_per_run is not None or gpus_per_run is not None:
+            raise RobustMnistError("--address, --cpus-per-run and --gpus-per-run apply to "
+                                   "--executor ray; locally, --jobs sets the parallel trainings")
+        return LocalExecutor(jobs)
+    if kind == "ray":
+        if jobs != 1:
+            raise RobustMnistError("--jobs applies to --executor local; on Ray, tasks run as "
+                                   "the cluster's CPUs and GPUs allow (--cpus-per-run, --gpus-per-run)")
+        from robustmnist.ray_executor import RayExecutor
+
+        ray_executor = RayExecutor(address, 1.0 if cpus_per_run is None else cpus_per_run,
+                                   gpus_per_run or 0.0, log=log)
+        ray_executor.connect()
+        return ray_executor
+    raise RobustMnistError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")
 
 
 class LocalExecutor:

@@ -33,6 +33,7 @@ from robustmnist.config import TrainConfig
 from robustmnist.data import MnistSplit, load_split
 from robustmnist.layout import RunDir
 from robustmnist.models import build_model, resolve_device
+from robustmnist.pen import PenAtlas, training_atlas
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
                   "epoch_seconds", "images_per_second"]
@@ -120,6 +121,8 @@ def _train_locked(config: TrainConfig, run: RunDir, device: torch.device, *, res
                                "or --force to start over")
     train_split = (train_split or load_split("train", data_dir, log=log)).to(device)
     test_split = (test_split or load_split("test", data_dir, log=log)).to(device)
+    pen_atlas = (training_atlas(train_split.images, data_dir, log).to(device)
+                 if config.aug.p_pen > 0 else None)  # pen policies: skeletons, built once
 
     torch.manual_seed(config.seed)
     model = build_model(config.model)  # initialised on the CPU: same weights on any device
@@ -139,7 +142,7 @@ def _train_locked(config: TrainConfig, run: RunDir, device: torch.device, *, res
     t_run = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         metrics.append(_one_epoch(model, optimizer, config, epoch, train_split, test_split,
-                                  device, progress))
+                                  device, progress, pen_atlas))
         # Metrics first, then the checkpoint: the checkpoint's epoch says which rows count.
         _write_metrics(run.metrics, metrics)
         save_checkpoint(run.checkpoint, model, optimizer, config, epoch + 1, meta)
@@ -176,7 +179,8 @@ def _resume(run: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer,
 
 def _one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
                epoch: int, train_split: MnistSplit, test_split: MnistSplit,
-               device: torch.device, progress: Progress) -> dict[str, float]:
+               device: torch.device, progress: Progress,
+               pen_atlas: PenAtlas | None = None) -> dict[str, float]:
     """One pass over the training set, then the test set; returns the metrics row."""
     model.train()
     order_gen = epoch_generator(config.seed, epoch, 0, device)
@@ -190,7 +194,8 @@ def _one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: Train
     t0 = time.perf_counter()
     for step in range(steps):
         idx = perm[step * config.batch_size:(step + 1) * config.batch_size]
-        x = augment(to_unit(train_split.images[idx]), config.aug, aug_gen)  # (B,1,28,28)
+        x = augment(to_unit(train_split.images[idx]), config.aug, aug_gen,
+                    None if pen_atlas is None else pen_atlas[idx])  # (B,1,28,28)
         y = train_split.labels[idx]
         logp = model(normalise(x, config.mean, config.std))
         loss = F.nll_loss(logp, y)

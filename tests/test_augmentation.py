@@ -1,7 +1,9 @@
 import pytest
 import torch
 
+from robustmnist import RobustMnistError
 from robustmnist.augmentation import POLICIES, AugConfig, AugParams, apply, augment, preview, sample
+from robustmnist.pen import build_atlas
 
 
 def _batch(device, n=32):
@@ -11,12 +13,17 @@ def _batch(device, n=32):
     return x
 
 
+def _atlas(x):
+    return build_atlas(x.mul(255).round().to(torch.uint8).cpu().numpy(), workers=1).to(x.device)
+
+
 @pytest.mark.parametrize("policy", list(POLICIES))
 def test_same_seed_same_batch(policy, device):
     config = AugConfig.from_policy(policy)
     x = _batch(device)
-    a = augment(x, config, torch.Generator(device=device).manual_seed(7))
-    b = augment(x, config, torch.Generator(device=device).manual_seed(7))
+    atlas = _atlas(x) if config.p_pen > 0 else None
+    a = augment(x, config, torch.Generator(device=device).manual_seed(7), atlas)
+    b = augment(x, config, torch.Generator(device=device).manual_seed(7), atlas)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert a.device == x.device and a.dtype == x.dtype
     assert a.min() >= 0 and a.max() <= 1
@@ -71,9 +78,88 @@ def test_zero_draw_is_the_identity(device):
     torch.testing.assert_close(apply(x, still), x)
 
 
+def test_policies_without_pen_draw_what_they_drew_before():
+    # Adding the pen must not shift the random stream of the older policies (runs replay).
+    params = sample(AugConfig.from_policy("thickness+affine"), 4, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(params.stroke_delta_px, torch.tensor([1.4907556, 0.0, 0.0, 1.4597812]))
+    assert params.affine is not None and params.pen_width_px is None
+    torch.testing.assert_close(params.affine[0, :2].flatten(), torch.tensor(
+        [1.0202609, 0.1677088, -4.4531851, -0.1677088, 1.0202609, 2.7043848]))
+
+
+def test_pen_draws_respect_range_and_p_pen(device):
+    config = AugConfig.from_policy("pen+thickness+affine", pen_min_px=2.0, pen_max_px=5.0, p_pen=0.3)
+    params = sample(config, 20_000, torch.Generator(device=device).manual_seed(1))
+    assert params.pen_width_px is not None
+    redrawn = params.pen_width_px > 0
+    assert abs(redrawn.float().mean().item() - 0.3) < 0.02
+    widths = params.pen_width_px[redrawn]
+    assert widths.min() >= 2.0 and widths.max() <= 5.0
+    assert (params.stroke_delta_px[redrawn] == 0).all()  # a redrawn digit keeps the pen's width
+    assert (params.stroke_delta_px[~redrawn] != 0).any()
+
+
+@pytest.mark.parametrize("width", [1.5, 5.0])
+def test_pen_replaces_the_digit_and_zero_keeps_it(device, width):
+    x = _batch(device, 8)
+    atlas = _atlas(x)
+    still = torch.zeros(8, device=device)
+    kept = apply(x, AugParams(still, None, torch.zeros(8, device=device)), atlas)
+    torch.testing.assert_close(kept, x, rtol=0, atol=0)
+    drawn = apply(x, AugParams(still, None, torch.full((8,), width, device=device)), atlas)
+    assert drawn.device == x.device and drawn.dtype == x.dtype and not torch.equal(drawn, x)
+
+
+def test_thicker_pen_more_ink(device):
+    x = _batch(device, 8)
+    atlas = _atlas(x)
+    still = torch.zeros(8, device=device)
+    ink = [apply(x, AugParams(still, None, torch.full((8,), w, device=device)), atlas).sum((1, 2, 3))
+           for w in (1.5, 3.0, 5.0)]
+    assert (ink[0] < ink[1]).all() and (ink[1] < ink[2]).all()
+
+
+def test_pen_policy_needs_the_atlas_rows(device):
+    x = _batch(device, 4)
+    config = AugConfig.from_policy("pen")
+    with pytest.raises(ValueError, match="PenAtlas"):
+        augment(x, config, torch.Generator(device=device).manual_seed(0))
+    with pytest.raises(ValueError, match="PenAtlas"):
+        augment(x, config, torch.Generator(device=device).manual_seed(0), _atlas(x)[:2])
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"pen_min_px": 5.0, "pen_max_px": 2.0}, "pen range"),
+    ({"pen_max_px": 9.0}, "pen_max_px: must be <= 7"),
+    ({"pen_min_px": 0.5}, "pen_min_px: must be >= 1"),
+    ({"p_pen": 1.5}, "p_pen"),
+])
+def test_bad_pen_parameters(kwargs, match):
+    with pytest.raises(RobustMnistError, match=match):
+        AugConfig.from_policy("pen", **kwargs)
+
+
+@pytest.mark.gpu
+def test_pen_policy_on_cuda_matches_cpu():
+    x = _batch(torch.device("cpu"))
+    config = AugConfig.from_policy("pen", p_pen=1.0)
+    params = sample(config, len(x), torch.Generator().manual_seed(3))
+    atlas = _atlas(x)
+    cuda_params = AugParams(params.stroke_delta_px.cuda(), None, params.pen_width_px.cuda())
+    torch.testing.assert_close(apply(x.cuda(), cuda_params, atlas.to("cuda")).cpu(),
+                               apply(x, params, atlas), atol=1e-6, rtol=0)
+
+
 def test_preview_grid_shape(device):
     images = (_batch(device, 3) * 255).to(torch.uint8)
     grid, levels = preview(images, AugConfig.from_policy("thickness"), draws=4)
     assert grid.shape == (3, 5, 28, 28) and grid.dtype == torch.uint8
     assert levels.shape == (3, 4)
     torch.testing.assert_close(grid[:, 0], images[:, 0].cpu())
+
+
+def test_preview_of_a_pen_policy(device):
+    images = (_batch(device, 3) * 255).to(torch.uint8)
+    grid, levels = preview(images, AugConfig.from_policy("pen", p_pen=1.0), draws=2)
+    assert grid.shape == (3, 3, 28, 28)
+    assert not torch.equal(grid[:, 1], grid[:, 0]) and (levels == 0).all()

@@ -1,12 +1,20 @@
-"""One CliRunner smoke test per command, on the tiny synthetic data set."""
+"""One CliRunner smoke test per command, on the tiny synthetic data set; what a command
+prints is checked against the same numbers computed without the CLI."""
 
 import json
 
+import cv2
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
+import robustmnist
+from robustmnist.checkpoint import Classifier, build_network, load_checkpoint
 from robustmnist.cli import app
+from robustmnist.evaluation import load_sweep
+from robustmnist.measure import measure_thickness
 from robustmnist.synthetic import draw_photo, save_jpeg
 
 runner = CliRunner()
@@ -14,6 +22,11 @@ runner = CliRunner()
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
+
+
+def flat(text):
+    """Output with rich's line wrapping undone."""
+    return " ".join(text.split())
 
 
 @pytest.fixture
@@ -25,14 +38,15 @@ def trained(tmp_path, tiny_data_dir):
 
 
 def test_version_and_help():
-    assert "robustmnist" in invoke("--version").output
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"robustmnist {robustmnist.__version__}"
     result = invoke("train", "--help")
     assert result.exit_code == 0
     for option in ("--aug", "--aug-range", "--aug-p", "--resume", "--epochs", "--device"):
         assert option in result.output
 
 
-def test_data_fetch_and_export(tmp_path, tiny_data_dir):
+def test_data_fetch_and_export(tmp_path, tiny_data_dir, tiny_arrays):
     assert invoke("data", "fetch").exit_code == 0
     result = invoke("data", "export", tmp_path / "png", "--split", "test")
     assert result.exit_code == 0, result.output
@@ -43,10 +57,18 @@ def test_data_fetch_and_export(tmp_path, tiny_data_dir):
     assert perturbed.exit_code == 0, perturbed.output
 
 
+def test_train_writes_the_asked_config(trained):
+    ckpt = load_checkpoint(trained)
+    assert (ckpt.config.epochs, ckpt.config.batch_size, ckpt.config.aug.policy) == (1, 64, "thickness")
+    assert (ckpt.config.aug.delta_min_px, ckpt.config.aug.delta_max_px) == (-1.0, 2.0)
+
+
 def test_train_twice_does_not_retrain(trained):
+    before = (trained / "checkpoint.pt").stat().st_mtime_ns
     result = invoke("train", "--epochs", "1", "--batch-size", "64", "--device", "cpu", "--aug",
                     "thickness", "--out", trained, "--quiet")
     assert result.exit_code == 0 and "already complete" in result.output
+    assert (trained / "checkpoint.pt").stat().st_mtime_ns == before
 
 
 def test_train_bad_input_is_one_clear_line(tmp_path, tiny_data_dir):
@@ -55,20 +77,37 @@ def test_train_bad_input_is_one_clear_line(tmp_path, tiny_data_dir):
     assert "unknown augmentation 'blur'" in result.output and "Traceback" not in result.output
     result = invoke("train", "--aug-range", "1;2", "--out", tmp_path / "x")
     assert result.exit_code == 1 and "MIN,MAX" in result.output
+    assert not (tmp_path / "x").exists()
 
 
-def test_eval_clean_and_sweep(tmp_path, trained):
+def test_eval_prints_the_checkpoints_accuracy(tmp_path, trained, tiny_arrays):
+    images, labels = tiny_arrays["test"]
+    ckpt = load_checkpoint(trained)
+    net = build_network(ckpt)
+    x = (torch.from_numpy(images).float().unsqueeze(1) / 255 - ckpt.config.mean) / ckpt.config.std
+    with torch.no_grad():
+        logp = net(x)
+    accuracy = (logp.argmax(1).numpy() == labels).mean()
+    nll = torch.nn.functional.nll_loss(logp, torch.from_numpy(labels).long()).item()
     result = invoke("eval", trained)
     assert result.exit_code == 0, result.output
-    assert "accuracy" in result.output
+    assert f"run: accuracy {100 * accuracy:.2f}% nll {nll:.4f}" in flat(result.output)
+
+
+def test_eval_sweep_writes_its_rows(tmp_path, trained):
     result = invoke("eval", trained, "--sweep-width", "--family", "delta", "--levels", "-1,2",
                     "--out", tmp_path / "sweep", "--quiet")
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "sweep" / "sweep.json").is_file()
+    saved = load_sweep(tmp_path / "sweep")
+    assert list(zip(saved.rows["family"], saved.rows["level"], strict=True)) == [
+        ("clean", 0.0), ("delta", -1.0), ("delta", 2.0)]
+    assert f"wrote {tmp_path / 'sweep' / 'sweep.csv'} (3 rows)" in flat(result.output)
     missing = invoke("eval", tmp_path / "nope.pt")
     assert missing.exit_code == 1 and "not found" in missing.output
     bad_level = invoke("eval", trained, "--sweep-width", "--family", "delta", "--levels", "9")
     assert bad_level.exit_code == 1 and "outside" in bad_level.output
+    no_sweep = invoke("eval", trained, "--levels", "1")
+    assert no_sweep.exit_code == 1 and "--sweep-width" in no_sweep.output
 
 
 def test_report_from_sweep(tmp_path, trained):
@@ -76,13 +115,20 @@ def test_report_from_sweep(tmp_path, trained):
                   "--out", tmp_path / "sweep", "-q").exit_code == 0
     result = invoke("report", tmp_path / "sweep", "--out", tmp_path / "report")
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "report" / "README.md").is_file()
+    rows = pd.read_csv(tmp_path / "report" / "results.csv")
+    pd.testing.assert_frame_equal(rows, pd.read_csv(tmp_path / "sweep" / "sweep.csv"))
+    assert (tmp_path / "report" / "README.md").read_text().startswith("# ")
 
 
-def test_measure(tiny_data_dir, tmp_path):
+def test_measure_prints_the_sets_thickness(tiny_data_dir, tiny_arrays, tmp_path):
     result = invoke("measure", "--out", tmp_path / "t.csv", "--quiet")
     assert result.exit_code == 0, result.output
-    assert "thickness" in result.output and (tmp_path / "t.csv").is_file()
+    thickness = measure_thickness(tiny_arrays["test"][0])
+    assert (f"test clean 0: 200 digits, thickness {np.nanmean(thickness):.2f} +/- "
+            f"{np.nanstd(thickness):.2f} px") in flat(result.output)
+    written = pd.read_csv(tmp_path / "t.csv")
+    np.testing.assert_allclose(written["thickness"], thickness)
+    np.testing.assert_array_equal(written["label"], tiny_arrays["test"][1])
 
 
 def test_augment_preview(tiny_data_dir, tmp_path):
@@ -93,20 +139,21 @@ def test_augment_preview(tiny_data_dir, tmp_path):
 
 def test_run_experiment_then_rerun_does_nothing(tmp_path, tiny_data_dir):
     exp = tmp_path / "e.toml"
-    exp.write_text(f'''name = "cli"
-output = "{tmp_path / 'out'}"
-report = "{tmp_path / 'report'}"
-epochs = 1
+    exp.write_text('''name = "cli"
+output = "out"
+report = "report"
 seeds = [0]
+[train]
+epochs = 1
 batch_size = 128
 device = "cpu"
 [sweep]
 families = ["delta"]
 delta = [1.0]
 [[variants]]
-aug = "none"
+policy = "none"
 [[variants]]
-aug = "thickness"
+policy = "thickness"
 ''')
     first = invoke("run", exp, "--quiet")
     assert first.exit_code == 0, first.output
@@ -116,16 +163,33 @@ aug = "thickness"
     assert "0 to train" in second.output and "up to date" in second.output
 
 
-def test_predict_table_json_and_failures(tmp_path, trained):
+def test_predict_json_is_the_models_own_answer(tmp_path, trained):
     rng = np.random.default_rng(0)
     photo = save_jpeg(tmp_path / "seven.jpg", draw_photo(7, 2.5, rng))
-    (tmp_path / "bad.png").write_text("not an image")
     result = invoke("predict", trained / "checkpoint.pt", trained, photo, "--json",
                     "--save-preprocessed", tmp_path / "seen")
     assert result.exit_code == 0, result.output
     record = json.loads(result.output)
-    assert len(record["predictions"]) == 2 and 0 <= record["predictions"][0]["digit"] <= 9
-    assert (tmp_path / "seen" / "seven.mnist.png").is_file()
+    assert record["image"] == str(photo) and record["inverted"] is True
+    # What the model saw, asked again without the CLI:
+    seen = cv2.imread(str(tmp_path / "seen" / "seven.mnist.png"), cv2.IMREAD_GRAYSCALE)
+    probs = Classifier.from_checkpoint(load_checkpoint(trained)).log_proba(
+        torch.from_numpy(seen)[None, None]).exp()[0].numpy()
+    assert probs.sum() == pytest.approx(1.0, abs=1e-5)
+    order = np.argsort(-probs)
+    expected = {"model": "run", "digit": int(order[0]), "probability": pytest.approx(float(probs[order[0]])),
+                "top3": [[int(d), pytest.approx(float(probs[d]), abs=1e-4)] for d in order[:3]]}
+    assert record["predictions"] == [expected, expected]  # the file and the run folder: one model
+    assert [p for _, p in record["predictions"][0]["top3"]] == sorted(
+        (p for _, p in record["predictions"][0]["top3"]), reverse=True)
+
+
+def test_predict_table_and_failures(tmp_path, trained):
+    photo = save_jpeg(tmp_path / "seven.jpg", draw_photo(7, 2.5, np.random.default_rng(0)))
+    (tmp_path / "bad.png").write_text("not an image")
     mixed = invoke("predict", trained, photo, tmp_path / "bad.png")
     assert mixed.exit_code == 1
     assert "bad.png" in mixed.output and "seven.jpg" in mixed.output
+    assert "1 of 2 images failed" in mixed.output
+    no_images = invoke("predict", trained)
+    assert no_images.exit_code == 1 and "no images given" in no_images.output

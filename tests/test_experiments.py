@@ -1,19 +1,31 @@
+import json
+import os
+import shutil
+from pathlib import Path
+
 import pytest
 
 from robustmnist import RobustMnistError
+from robustmnist.config import AugConfig, TrainConfig
+from robustmnist.executors import LocalExecutor
 from robustmnist.experiments import (
-    PRESETS_DIR,
     load_experiment,
     pending_runs,
     resolve_path,
-    train_all,
+    run_experiment,
+    sweep_is_current,
 )
+from robustmnist.perturb import DEFAULT_LEVELS
 
 GOOD = """
 name = "tiny"
-output = "{out}"
-epochs = 1
+description = "a tiny study"
+output = "out"
+report = "rep"
 seeds = [0, 1]
+
+[train]
+epochs = 1
 batch_size = 128
 device = "cpu"
 
@@ -23,50 +35,84 @@ delta = [-1.0, 1.0]
 
 [[variants]]
 name = "none"
-aug = "none"
+policy = "none"
 
 [[variants]]
 name = "thick"
-aug = "thick"
+policy = "thick"
 p_untouched = 0.5
 """
 
 
-def _write(tmp_path, text):
-    path = tmp_path / "exp.toml"
-    path.write_text(text.replace("{out}", str(tmp_path / "out")))
+def _write(tmp_path, text, name="exp.toml"):
+    path = tmp_path / name
+    path.write_text(text)
     return path
 
 
-def test_good_file(tmp_path):
+def test_good_file_mirrors_the_configs(tmp_path):
     exp = load_experiment(_write(tmp_path, GOOD))
-    assert exp.name == "tiny" and exp.seeds == (0, 1) and exp.train.epochs == 1
+    assert (exp.name, exp.description, exp.seeds) == ("tiny", "a tiny study", (0, 1))
+    assert exp.train == TrainConfig(epochs=1, batch_size=128, device="cpu")
     assert [v.name for v in exp.variants] == ["none", "thick"]
-    assert exp.variants[1].aug.p_untouched == 0.5 and exp.variants[1].aug.delta_max_px == 2.0
+    assert exp.variants[1].aug == AugConfig.from_policy("thick", p_untouched=0.5)
     assert exp.families == {"delta": [-1.0, 1.0]}
-    assert len(exp.runs()) == 4
+    # relative paths resolve against the file's folder, not the working directory
+    assert (exp.output, exp.report) == (tmp_path / "out", tmp_path / "rep")
+
+
+def test_runs_are_seed_major_with_full_configs(tmp_path):
+    exp = load_experiment(_write(tmp_path, GOOD))
+    runs = exp.runs()
+    assert [(r.variant.name, r.seed) for r in runs] == [("none", 0), ("thick", 0), ("none", 1),
+                                                        ("thick", 1)]
+    thick1 = runs[3]
+    assert thick1.config == TrainConfig(epochs=1, batch_size=128, device="cpu", seed=1,
+                                        aug=exp.variants[1].aug)
+    assert thick1.folder.root == tmp_path / "out" / "runs" / "thick-seed1"
+
+
+def test_out_override_keeps_the_report_with_the_results(tmp_path):
+    exp = load_experiment(_write(tmp_path, GOOD), output=tmp_path / "trial")
+    assert (exp.output, exp.report) == (tmp_path / "trial", tmp_path / "trial" / "report")
+
+
+def test_defaults_name_and_paths_from_the_file(tmp_path):
+    exp = load_experiment(_write(tmp_path, '[[variants]]\npolicy = "thin"\n', "study.toml"))
+    assert exp.name == "study" and exp.seeds == (0,) and exp.train == TrainConfig()
+    assert exp.variants[0].name == "thin"  # the policy names an unnamed variant
+    assert exp.output == tmp_path / "results" / "study"
+    assert exp.families == {f: list(levels) for f, levels in DEFAULT_LEVELS.items()}
 
 
 @pytest.mark.parametrize(("old", "new", "match"), [
-    ('epochs = 1', 'epochs = 1\nepohcs = 2', "key 'epohcs': unknown key"),
-    ('epochs = 1', 'epochs = "ten"', "key 'epochs': expected an integer"),
-    ('epochs = 1', 'epochs = 0', "key 'epochs': must be >= 1"),
+    ('epochs = 1', 'epochs = 1\nepohcs = 2', "key 'train.epohcs': unknown key"),
+    ('epochs = 1', 'epochs = "ten"', "key 'train.epochs': expected an integer"),
+    ('epochs = 1', 'epochs = 0', "key 'train.epochs': must be >= 1"),
+    ('epochs = 1', 'epochs = true', "key 'train.epochs': expected an integer"),
+    ('epochs = 1', 'seed = 3', "key 'train.seed': set seeds at the top level"),
+    ('device = "cpu"', 'device = "tpu"', "key 'train.device'"),
     ('seeds = [0, 1]', 'seeds = [0, 0]', "key 'seeds': duplicate"),
     ('seeds = [0, 1]', 'seeds = []', "key 'seeds'"),
-    ('aug = "thick"', 'aug = "blur"', r"variants\[1\].aug': unknown policy"),
-    ('p_untouched = 0.5', 'p_untouched = 2.0', "p_untouched"),
+    ('seeds = [0, 1]', 'seeds = [4294967296]', "key 'seeds'"),
+    ('seeds = [0, 1]', 'seeds = [0, 1]\nepochs = 2', "key 'epochs': unknown key.*go in \\[train\\]"),
+    ('policy = "thick"', 'policy = "blur"', r"key 'variants\[1\].policy': unknown augmentation"),
+    ('policy = "thick"', 'aug = "thick"', r"key 'variants\[1\].aug': unknown key"),  # the old layout
+    ('p_untouched = 0.5', 'p_untouched = 2.0', r"key 'variants\[1\].p_untouched': must be <= 1"),
     ('p_untouched = 0.5', 'p_untouched = "half"', "expected a number"),
-    ('p_untouched = 0.5', 'colour = 1', "unknown key"),
+    ('p_untouched = 0.5', 'colour = 1', r"key 'variants\[1\].colour': unknown key"),
+    ('name = "thick"', 'name = "a|b"', r"key 'variants\[1\].name'"),
+    ('name = "thick"', 'name = "none"', "duplicate variant names"),
     ('delta = [-1.0, 1.0]', 'delta = [-9.0]', "key 'sweep.delta'"),
     ('families = ["delta"]', 'families = ["blur"]', "key 'sweep.families'"),
-    ('name = "thick"', 'name = "none"', "duplicate variant names"),
-    ('device = "cpu"', 'device = "tpu"', "device"),
+    ('name = "tiny"', 'name = "a b"', "key 'name'"),
 ])
 def test_validation_errors_name_file_key_reason(tmp_path, old, new, match):
+    assert old in GOOD
     path = _write(tmp_path, GOOD.replace(old, new, 1))
     with pytest.raises(RobustMnistError, match=match) as info:
         load_experiment(path)
-    assert str(path) in str(info.value)
+    assert str(info.value).startswith(f"{path}: ")
 
 
 def test_not_toml(tmp_path):
@@ -77,8 +123,13 @@ def test_not_toml(tmp_path):
 @pytest.mark.parametrize("preset", ["quickstart", "thickness"])
 def test_presets_are_valid(preset):
     exp = load_experiment(resolve_path(preset))
-    assert exp.variants[0].name == "none"
-    assert (PRESETS_DIR / f"{preset}.toml").is_file()
+    assert exp.name == preset and exp.variants[0].name == "none"
+    assert all(v.aug.policy == v.name for v in exp.variants)
+    # a built-in preset's paths are relative to the current folder, not the package
+    assert (exp.output, exp.report) == (Path("results") / preset, Path("reports") / preset)
+    # experiments/<preset>.toml (a link to the preset, as the README runs it) writes there too
+    linked = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / f"{preset}.toml")
+    assert (linked.output, linked.report) == (exp.output, exp.report)
 
 
 def test_thickness_preset_is_the_full_study():
@@ -88,27 +139,41 @@ def test_thickness_preset_is_the_full_study():
     assert {"delta", "absolute"} <= set(exp.families)
 
 
-def test_resume_trains_only_missing_runs_and_detects_changes(tmp_path, tiny_data_dir):
-    path = _write(tmp_path, GOOD)
-    exp = load_experiment(path)
-    done = []
-    train_all(exp, on_done=lambda run, *_: done.append(run))
-    assert len(done) == 4
-    assert pending_runs(exp) == ([], 4)
-    again = []
-    assert train_all(exp, on_done=lambda run, *_: again.append(run)) == 0.0 and again == []
-    # Delete one run: only it is retrained.
-    import shutil
+def test_unknown_preset():
+    with pytest.raises(RobustMnistError, match="quickstart"):
+        resolve_path("nonexistent-experiment")
 
-    shutil.rmtree(exp.run_dir(exp.variants[1], 1))
+
+def test_executor_trains_only_missing_runs_and_changes_are_detected(tmp_path, tiny_data_dir):
+    exp = load_experiment(_write(tmp_path, GOOD))
     todo, complete = pending_runs(exp)
-    assert complete == 3 and [(v.name, s) for v, s, *_ in todo] == [("thick", 1)]
+    assert (len(todo), complete) == (4, 0)
+    done = []
+    LocalExecutor(1).train(todo, None, lambda run_dir, _s: done.append(run_dir))
+    assert done == [run.folder.root for run in exp.runs()]
+    assert pending_runs(exp) == ([], 4)
+    # Delete one run: only it is pending.
+    shutil.rmtree(exp.runs()[3].folder.root)
+    todo, complete = pending_runs(exp)
+    assert complete == 3 and [(r.variant.name, r.seed) for r in todo] == [("thick", 1)]
     # A changed setting is detected, not mixed with the old runs.
     changed = load_experiment(_write(tmp_path, GOOD.replace("p_untouched = 0.5", "p_untouched = 0.1")))
     with pytest.raises(RobustMnistError, match="changed since"):
         pending_runs(changed)
 
 
-def test_unknown_preset():
-    with pytest.raises(RobustMnistError, match="quickstart"):
-        resolve_path("nonexistent-experiment")
+def test_run_experiment_then_rerun_does_nothing(tmp_path, tiny_data_dir):
+    exp = load_experiment(_write(tmp_path, GOOD.replace("seeds = [0, 1]", "seeds = [0]")))
+    first = run_experiment(exp, LocalExecutor(1))
+    assert (first.total, first.trained, first.swept) == (2, 2, True)
+    assert first.report == tmp_path / "rep" and (first.report / "README.md").is_file()
+    assert sweep_is_current(exp)
+    second = run_experiment(exp, LocalExecutor(1))
+    assert (second.total, second.trained, second.swept) == (2, 0, False)
+    record = json.loads(exp.layout.record.read_text())
+    assert record["experiment"]["name"] == "tiny"
+    assert [i["trained_runs"] for i in record["invocations"]] == [2, 0]
+    # A retrained checkpoint makes the sweep stale.
+    checkpoint = exp.runs()[0].folder.checkpoint
+    os.utime(checkpoint, (1, 1))
+    assert not sweep_is_current(exp)

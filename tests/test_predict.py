@@ -104,15 +104,18 @@ def test_expand_inputs(tmp_path):
 @pytest.mark.realdata
 def test_trained_model_reads_clean_synthetic_photos(tmp_path):
     """Mostly correct on medium-pen photos after 2 real epochs (rate in benchmarks/README.md)."""
-    from robustmnist.predict import predict_images
-    from robustmnist.training import TrainConfig, load_checkpoint, model_from_checkpoint, train
+    import torch
+
+    from robustmnist.checkpoint import Classifier, load_checkpoint
+    from robustmnist.config import TrainConfig
+    from robustmnist.training import train
 
     train(TrainConfig(epochs=2, device="cpu"), tmp_path / "run")
-    ckpt = load_checkpoint(tmp_path / "run")
-    model = (model_from_checkpoint(ckpt), ckpt["config"]["mean"], ckpt["config"]["std"])
+    model = Classifier.from_checkpoint(load_checkpoint(tmp_path / "run"))
     rng = np.random.default_rng(11)
     labels = np.arange(60) % 10
     photos = [draw_photo(int(d), 2.5, rng, font=FONTS[i % 3]) for i, d in enumerate(labels)]
     images = np.stack([mnistify(p.astype(np.float32) / 255).image for p in photos])
-    accuracy = float(np.mean(predict_images([model], images)[0].argmax(1) == labels))
+    predicted = model.log_proba(torch.from_numpy(images).unsqueeze(1)).argmax(1).numpy()
+    accuracy = float(np.mean(predicted == labels))
     assert accuracy > 0.6

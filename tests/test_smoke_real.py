@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from robustmnist import data
-from robustmnist.augmentation import AugConfig
+from robustmnist.config import AugConfig, TrainConfig
 from robustmnist.evaluation import sweep
-from robustmnist.training import TrainConfig, train
+from robustmnist.training import train
 
 pytestmark = pytest.mark.realdata
 

@@ -8,7 +8,7 @@ from robustmnist import RobustMnistError
 from robustmnist.checkpoint import Classifier, load_checkpoint
 from robustmnist.config import AugConfig, TrainConfig
 from robustmnist.layout import RunDir
-from robustmnist.training import METRIC_COLUMNS, read_metrics, run_state, train
+from robustmnist.training import METRIC_COLUMNS, run_state, train
 
 
 def _config(**kw):
@@ -40,7 +40,7 @@ def test_one_tiny_epoch_writes_a_run(tmp_path, tiny_splits):
     # images/s is the training split over the epoch's time (not a batch, not the test set)
     assert row["images_per_second"] == pytest.approx(len(tiny_splits["train"]) / row["epoch_seconds"],
                                                      rel=1e-6)
-    assert read_metrics(run.metrics) == pytest.approx(result.metrics)
+    assert run.read_metrics()[0] == pytest.approx(result.metrics[0])
     saved = json.loads(run.config.read_text())
     assert TrainConfig.from_dict(saved["config"]) == _config(epochs=1)
     assert saved["variant"] == "none" and saved["run_name"] == "run"
@@ -124,6 +124,14 @@ def test_metrics_out_of_step_with_the_checkpoint_are_refused(tmp_path, tiny_spli
     (tmp_path / "run" / "metrics.csv").write_text(",".join(METRIC_COLUMNS) + "\n")
     with pytest.raises(RobustMnistError, match="0 rows for 1 finished epochs"):
         _train(tmp_path, tiny_splits, config=_config(epochs=2), resume=True)
+
+
+def test_unreadable_metrics_are_one_clear_error(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.read_metrics() == []  # no metrics.csv yet
+    run.metrics.write_text("epoch,train_loss\n1,abc\n")
+    with pytest.raises(RobustMnistError, match=r"metrics\.csv: unreadable metrics"):
+        run.read_metrics()
 
 
 @pytest.mark.parametrize(("kw", "match"), [({"epochs": 0}, "epochs"), ({"lr": -1.0}, "lr"),

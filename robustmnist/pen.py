@@ -1,0 +1,357 @@
+"""Redraw a digit along its own skeleton with a pen of a chosen width.
+
+A digit's skeleton (Morpho-MNIST's: cubic x4 upscale with smoothing, half-max threshold,
+``skeletonize``) is the writer's path; the distance from every pixel to it turns any pen width
+into ink with one elementwise expression, ``ink = clamp(width / 2 + 0.5 - distance, 0, 1)``
+(a 1-px anti-aliased edge). The skeleton is computed once per digit and serves every width:
+
+* the ``absolute`` test family renders each thickness from the x4 distance map (`render_x4`);
+* the ``pen`` training augmentation renders from a `PenAtlas`: per training digit the distance
+  from each 28x28 pixel centre to the skeleton (uint8, 1/32 px) and a calibration, built once on
+  the CPU, cached under the data dir, loaded once onto the training device (`draw`);
+* the ``photo`` test family draws the skeleton at photo resolution (`PhotoDigit`).
+
+Pen widths of the augmentation are on the *measured* scale: each digit's calibration (its
+thickness measured at render widths 2-7 px) maps a nominal width to the render width that
+measures that much, because a wide pen fills loops and junctions, where the Morpho-MNIST measure
+reads more than the pen (an 8 drawn at 6 px measures ~8.7 px). Below ~1.5 px the measure cannot
+confirm a width: a 1-px pen measures ~1.5 px (the measurement floor).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import json
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from robustmnist import artifacts
+from robustmnist.measure import UPSCALE, as_digits, binarise, map_chunks, measure_thickness, upscale
+
+#: Allowed pen widths of the augmentation, px of measured stroke thickness at 28x28.
+PEN_RANGE = (1.0, 7.0)
+#: Render widths at which each atlas digit is measured (its calibration knots), px.
+CALIBRATION_WIDTHS = (2.0, 3.0, 4.0, 5.0, 6.0, 7.0)
+#: Atlas distances are stored as uint8 in units of 1/DIST_STEP px (saturating at ~8 px).
+DIST_STEP = 32
+#: Bump when the atlas computation changes: every cached atlas is then rebuilt.
+ATLAS_VERSION = 1
+
+#: The photo family: height of the written digit (ink, outside to outside), px; image side
+#: relative to it; JPEG quality. Bump PHOTO_VERSION when the rendering changes.
+PHOTO_DIGIT_PX = 200
+PHOTO_MARGIN = 1.5
+JPEG_QUALITY = 85
+PHOTO_VERSION = 1
+
+Log = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------- the skeleton
+
+def skeleton(image: np.ndarray) -> np.ndarray:
+    """The writer's path of a uint8 (28, 28) digit: bool (112, 112) at x4 (all False if blank)."""
+    from skimage.morphology import skeletonize
+
+    return np.asarray(skeletonize(binarise(upscale(image))), dtype=bool)
+
+
+def skeleton_distance(path: np.ndarray) -> np.ndarray:
+    """Exact Euclidean distance (px at x4) of every x4 pixel to the skeleton `path`."""
+    return cv2.distanceTransform((~path).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+
+
+def render_x4(distance: np.ndarray, thickness_px: float) -> np.ndarray:
+    """A width-`thickness_px` pen along the skeleton of an x4 distance map -> uint8 (28, 28)."""
+    radius = thickness_px * UPSCALE / 2
+    ink = np.clip(radius + 0.5 - distance, 0.0, 1.0).astype(np.float32)
+    h, w = distance.shape
+    small = cv2.resize(ink, (w // UPSCALE, h // UPSCALE), interpolation=cv2.INTER_AREA)
+    return np.clip(np.rint(small * 255.0), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- the training atlas
+
+@dataclass(frozen=True)
+class PenAtlas:
+    """What the ``pen`` augmentation needs per digit, as tensors on one device.
+
+    Attributes:
+        distance: uint8 (N, 1, 28, 28): distance of each pixel centre to the digit's skeleton,
+            in 1/DIST_STEP px (255 = far; all 255 for a digit without a skeleton).
+        knots: float32 (N, K + 1): measured thickness at render widths (1, *CALIBRATION_WIDTHS),
+            strictly increasing; the first knot (1 px) is not measured (measurement floor).
+    """
+
+    distance: torch.Tensor
+    knots: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.distance.shape[0])
+
+    def __getitem__(self, idx: torch.Tensor | slice) -> PenAtlas:
+        """The rows of a batch (e.g. the training batch's indices)."""
+        return PenAtlas(self.distance[idx], self.knots[idx])
+
+    def to(self, device: torch.device | str) -> PenAtlas:
+        return PenAtlas(self.distance.to(device), self.knots.to(device))
+
+    @property
+    def drawable(self) -> torch.Tensor:
+        """(N,) bool: the digit has a skeleton to redraw."""
+        return torch.isfinite(self.knots[:, -1])
+
+
+def render(distance: torch.Tensor, width_px: torch.Tensor) -> torch.Tensor:
+    """Ink of a pen of `width_px` (B,) along the skeleton: (B, 1, H, W) float32 in [0, 1].
+
+    >>> d = torch.tensor([0, 32, 64], dtype=torch.uint8).view(1, 1, 1, 3)  # 0, 1, 2 px away
+    >>> render(d, torch.tensor([2.0])).flatten().tolist()
+    [1.0, 0.5, 0.0]
+    """
+    edge = (width_px.to(torch.float32) / 2 + 0.5).view(-1, 1, 1, 1)
+    return (edge - distance.to(torch.float32) / DIST_STEP).clamp_(0, 1)
+
+
+def render_width(knots: torch.Tensor, pen_width_px: torch.Tensor) -> torch.Tensor:
+    """The render width (B,) that measures `pen_width_px` (B,) on each digit (piecewise linear
+    in its calibration `knots` (B, K + 1); clamped to the calibrated range)."""
+    widths = torch.tensor((PEN_RANGE[0], *CALIBRATION_WIDTHS), device=knots.device)
+    safe = torch.where(torch.isfinite(knots), knots, widths)  # undrawable rows: any numbers
+    w = torch.minimum(torch.maximum(pen_width_px.to(torch.float32), safe[:, 0]), safe[:, -1])
+    upper = torch.searchsorted(safe, w.unsqueeze(1)).clamp_(1, len(widths) - 1)  # (B, 1)
+    x0, x1 = safe.gather(1, upper - 1)[:, 0], safe.gather(1, upper)[:, 0]
+    y0, y1 = widths[upper - 1][:, 0], widths[upper][:, 0]
+    return y0 + (y1 - y0) * (w - x0) / (x1 - x0)
+
+
+def draw(atlas: PenAtlas, pen_width_px: torch.Tensor) -> torch.Tensor:
+    """Each digit of `atlas` redrawn with a pen that measures `pen_width_px` (B,):
+    (B, 1, 28, 28) float32 in [0, 1], on the atlas's device."""
+    return render(atlas.distance, render_width(atlas.knots, pen_width_px))
+
+
+def _atlas_chunk(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distance uint8 (n, 28, 28), knots float32 (n, K + 1)) of digits (numpy only: runs in
+    forked workers)."""
+    n, h, w = images.shape
+    distance = np.full((n, h, w), 255, np.uint8)
+    drawable = np.zeros(n, bool)
+    for i, image in enumerate(images):
+        path = skeleton(image)
+        if path.any():
+            # Bilinear resampling = the distance at each 28x28 pixel centre.
+            d = cv2.resize(skeleton_distance(path), (w, h), interpolation=cv2.INTER_LINEAR)
+            distance[i] = np.clip(np.rint(d * (DIST_STEP / UPSCALE)), 0, 255)
+            drawable[i] = True
+    measured = np.empty((n, len(CALIBRATION_WIDTHS)), np.float64)
+    for k, width in enumerate(CALIBRATION_WIDTHS):
+        ink = np.clip(width / 2 + 0.5 - distance.astype(np.float32) / DIST_STEP, 0, 1)
+        measured[:, k] = measure_thickness(np.rint(ink * 255).astype(np.uint8), workers=1)
+    knots = np.concatenate([np.full((n, 1), PEN_RANGE[0]), np.nan_to_num(measured, nan=0.0)], 1)
+    # Strictly increasing (a digit can measure a hair less at a wider pen).
+    knots = np.maximum.accumulate(knots + 1e-3 * np.arange(knots.shape[1]), axis=1)
+    knots[~drawable] = np.nan
+    return distance, knots.astype(np.float32)
+
+
+def build_atlas(images: np.ndarray, workers: int | None = None) -> PenAtlas:
+    """The atlas of uint8 (N, 28, 28) digits, on the CPU (chunks in parallel processes)."""
+    images = as_digits(images)
+    if len(images) == 0:
+        return PenAtlas(torch.zeros((0, 1, 28, 28), dtype=torch.uint8),
+                        torch.zeros((0, len(CALIBRATION_WIDTHS) + 1)))
+    parts = map_chunks(_atlas_chunk, images, workers)
+    distance = np.concatenate([d for d, _ in parts])
+    knots = np.concatenate([k for _, k in parts])
+    return PenAtlas(torch.from_numpy(distance).unsqueeze(1), torch.from_numpy(knots))
+
+
+def atlas_path(cache_dir: Path, images: np.ndarray) -> Path:
+    """Cache file of the atlas of `images`: named by a hash of the pixels and the algorithm."""
+    spec = json.dumps({"atlas": ATLAS_VERSION, "upscale": UPSCALE, "step": DIST_STEP,
+                       "calibration": CALIBRATION_WIDTHS, "floor": PEN_RANGE[0],
+                       "images": _sha256(as_digits(images))}, sort_keys=True)
+    return Path(cache_dir) / f"atlas_{len(images)}_{hashlib.sha256(spec.encode()).hexdigest()[:16]}.npz"
+
+
+def _sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _load_atlas(path: Path, n: int) -> PenAtlas | None:
+    """The cached atlas, or None if missing, unreadable or failing its content hash."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            distance, knots = z["distance"], z["knots"]
+            meta: dict[str, Any] = json.loads(str(z["meta"]))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+    if (distance.shape != (n, 28, 28) or knots.shape != (n, len(CALIBRATION_WIDTHS) + 1)
+            or meta.get("sha256") != _sha256(distance) + _sha256(knots)):
+        return None
+    return PenAtlas(torch.from_numpy(distance).unsqueeze(1), torch.from_numpy(knots))
+
+
+def load_or_build_atlas(images: np.ndarray, cache_dir: Path | None, workers: int | None = None,
+                        log: Log = lambda _m: None) -> tuple[PenAtlas, bool]:
+    """The atlas of `images` from `cache_dir`, built (and cached) if missing, stale or corrupt.
+
+    Returns (atlas on the CPU, built)."""
+    images = as_digits(images)
+    if cache_dir is None:
+        return build_atlas(images, workers), True
+    path = atlas_path(cache_dir, images)
+    if path.exists() and (cached := _load_atlas(path, len(images))) is not None:
+        return cached, False
+    log(f"building the pen atlas of {len(images):,} digits (skeletons, once; cached in {path.parent})")
+    atlas = build_atlas(images, workers)
+    distance, knots = atlas.distance[:, 0].numpy(), atlas.knots.numpy()
+    meta = {"atlas": ATLAS_VERSION, "sha256": _sha256(distance) + _sha256(knots)}
+    buf = io.BytesIO()
+    np.savez(buf, distance=distance, knots=knots, meta=np.array(json.dumps(meta)))
+    artifacts.write_bytes(path, buf.getvalue())
+    return atlas, True
+
+
+def training_atlas(images: torch.Tensor, data_dir: Path | None, log: Log = lambda _m: None) -> PenAtlas:
+    """The atlas of a split's uint8 (N, 1, 28, 28) images, cached in ``<data dir>/pen``."""
+    from robustmnist.data import default_data_dir
+
+    cache_dir = (Path(data_dir) if data_dir else default_data_dir()) / "pen"
+    return load_or_build_atlas(images.cpu().numpy(), cache_dir, log=log)[0]
+
+
+# --------------------------------------------------------------------------- photos
+
+def digit_seed(image: np.ndarray) -> int:
+    """A seed from a digit's pixels: its photo does not depend on where it sits in a set."""
+    return int.from_bytes(hashlib.blake2b(np.ascontiguousarray(image).tobytes(),
+                                          digest_size=8).digest(), "little")
+
+
+def skeleton_segments(path: np.ndarray) -> np.ndarray:
+    """(M, 2, 2) float (x, y) segments between 8-neighbour pixels of an x4 skeleton, in px at
+    28x28 (isolated pixels as zero-length segments)."""
+    h, w = path.shape
+    padded = np.pad(path, 1)
+    ends, linked = [], np.zeros_like(path)
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        pair = path & padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+        ys, xs = np.nonzero(pair)
+        ends.append(np.stack([np.stack([xs, ys], 1), np.stack([xs + dx, ys + dy], 1)], 1))
+        linked |= pair
+        linked[ys + dy, xs + dx] = True
+    ys, xs = np.nonzero(path & ~linked)
+    ends.append(np.stack([np.stack([xs, ys], 1)] * 2, 1))
+    segments = np.concatenate(ends).astype(np.float64)
+    return (segments + 0.5) / UPSCALE - 0.5
+
+
+@dataclass(frozen=True)
+class Scene:
+    """How one photo is taken (drawn once per digit, shared by every pen width)."""
+
+    paper: float                    # brightness of the paper under even light, [0, 1]
+    ink: float                      # reflectance of the ink relative to the paper
+    gradient: float                 # amplitude of a linear light gradient across the image
+    angle: float                    # its direction, radians
+    shadow: float                   # depth of a soft round shadow
+    shadow_xy: tuple[float, float]  # its centre, in [-1, 1] image coordinates
+    blur_px: float                  # Gaussian defocus, sigma in photo px
+    noise: float                    # sensor noise, std as a fraction of full scale
+    offset: tuple[float, float]     # the digit's shift from the centre, fraction of the side
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> Scene:
+        return cls(paper=rng.uniform(0.65, 0.95), ink=rng.uniform(0.05, 0.35),
+                   gradient=rng.uniform(0.0, 0.15), angle=rng.uniform(0, 2 * np.pi),
+                   shadow=rng.uniform(0.0, 0.2), shadow_xy=tuple(rng.uniform(-1, 1, 2)),
+                   blur_px=rng.uniform(0.5, 1.5), noise=rng.uniform(0.005, 0.025),
+                   offset=tuple(rng.uniform(-0.05, 0.05, 2)))
+
+
+class PhotoDigit:
+    """One digit ready to be photographed at any pen width: its skeleton, scene, lighting and
+    sensor noise are computed once (seeded by the digit's pixels)."""
+
+    def __init__(self, image: np.ndarray, seed: int | None = None) -> None:
+        path = skeleton(image)
+        self.segments = skeleton_segments(path)
+        rng = np.random.default_rng(digit_seed(image) if seed is None else seed)
+        self.scene = Scene.draw(rng)
+        if len(self.segments):
+            lo, hi = self.segments.reshape(-1, 2).min(0), self.segments.reshape(-1, 2).max(0)
+        else:
+            lo = hi = np.array([13.5, 13.5])
+        self.centre = (lo + hi) / 2
+        self.path_height = max(float(hi[1] - lo[1]), 2.0)   # px at 28x28
+        aspect = max(1.0, float(hi[0] - lo[0]) / self.path_height)
+        self.side = 2 * round(PHOTO_MARGIN * PHOTO_DIGIT_PX * aspect / 2)
+        yy, xx = np.mgrid[0:self.side, 0:self.side] / (self.side - 1) * 2 - 1
+        s = self.scene
+        light = 1 + s.gradient * (np.cos(s.angle) * xx + np.sin(s.angle) * yy)
+        light -= s.shadow * np.exp(-((xx - s.shadow_xy[0]) ** 2 + (yy - s.shadow_xy[1]) ** 2) / 0.5)
+        self.paper = (s.paper * light).astype(np.float32)          # (side, side)
+        self.noise = rng.normal(0, s.noise, self.paper.shape).astype(np.float32)
+
+    def ink(self, pen_fraction: float) -> np.ndarray:
+        """Ink coverage (side, side) float32 of the digit written with a pen `pen_fraction` of
+        its height wide (height = ink outside to outside = PHOTO_DIGIT_PX)."""
+        pen = pen_fraction * PHOTO_DIGIT_PX
+        scale = (PHOTO_DIGIT_PX - pen) / self.path_height
+        centre = self.side / 2 + np.array(self.scene.offset) * self.side
+        points = (self.segments - self.centre) * scale + centre
+        canvas = np.zeros((self.side, self.side), np.uint8)
+        shift = 4  # sub-pixel coordinates (1/16 px)
+        lines = list(np.rint(points * (1 << shift)).astype(np.int32).reshape(-1, 2, 1, 2))
+        cv2.polylines(canvas, lines, False, 255, 1, cv2.LINE_8, shift)
+        distance = cv2.distanceTransform((canvas == 0).astype(np.uint8), cv2.DIST_L2,
+                                         cv2.DIST_MASK_PRECISE)
+        return np.clip(pen / 2 + 0.5 - distance, 0, 1)
+
+    def photograph(self, pen_fraction: float) -> np.ndarray:
+        """The JPEG-decoded grey photo (side, side) float32 in [0, 1]: dark ink on lit paper,
+        defocus, sensor noise, JPEG at JPEG_QUALITY."""
+        s = self.scene
+        gray = self.paper * (1 - self.ink(pen_fraction) * (1 - s.ink))
+        gray = cv2.GaussianBlur(gray, (0, 0), s.blur_px) + self.noise
+        pixels = np.clip(np.rint(gray * 255), 0, 255).astype(np.uint8)
+        ok, jpeg = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        decoded = cv2.imdecode(jpeg, cv2.IMREAD_GRAYSCALE) if ok else None
+        if decoded is None:  # pragma: no cover - OpenCV always encodes a uint8 image
+            raise RuntimeError("JPEG round trip failed")
+        return decoded.astype(np.float32) / 255.0
+
+
+def photo_levels(image: np.ndarray, pen_fractions: Sequence[float]) -> list[np.ndarray]:
+    """One digit photographed at each pen fraction and read back with `predict.mnistify`:
+    uint8 (28, 28) each (blank where the preprocessing finds no digit)."""
+    from robustmnist.predict import ImageError, mnistify
+
+    digit = PhotoDigit(image)
+    out = []
+    for fraction in pen_fractions:
+        try:
+            out.append(mnistify(digit.photograph(fraction)).image)
+        except ImageError:
+            out.append(np.zeros_like(image))
+    return out
+
+
+def photo_fingerprint() -> str:
+    """Identifies the photo family's generator: PHOTO_VERSION and the source of ``predict``
+    (its preprocessing is part of the set, so any change there rebuilds the cached sets)."""
+    from robustmnist import predict
+
+    source = inspect.getsource(predict)
+    return f"{PHOTO_VERSION}:{hashlib.sha256(source.encode()).hexdigest()[:16]}"

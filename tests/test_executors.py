@@ -1,0 +1,340 @@
+"""Executors: where runs execute. The Ray tests start one real local Ray instance (2 CPUs) for
+the module, train a tiny study on synthetic digits and compare every number with the local
+executor; faults are made by killing real processes (a Ray worker, a `robustmnist run` driver)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from robustmnist import RobustMnistError, data
+from robustmnist.checkpoint import load_checkpoint
+from robustmnist.cli import app
+from robustmnist.executors import LocalExecutor, make_executor
+from robustmnist.experiments import Experiment, load_experiment, run_experiment
+from robustmnist.layout import RunDir
+from robustmnist.ray_executor import check_reachable
+
+HAVE_RAY = importlib.util.find_spec("ray") is not None
+needs_ray = pytest.mark.skipif(not HAVE_RAY, reason='ray is not installed (pip install -e ".[ray]")')
+
+EPOCHS = 6  # long enough (~2 s a run) to kill a worker in the middle of one
+STUDY = f"""
+name = "tiny"
+seeds = [0, 1]
+[train]
+epochs = {EPOCHS}
+batch_size = 128
+device = "cpu"
+[sweep]
+families = ["delta"]
+delta = [-1.0, 1.0]
+[[variants]]
+name = "none"
+policy = "none"
+[[variants]]
+name = "thickness"
+policy = "thickness"
+"""
+TIMING = ["epoch_seconds", "images_per_second"]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def tiny_mnist(tmp_path_factory, tiny_arrays):
+    """A module-wide data dir of synthetic IDX files, with the MD5 table pointed at them
+    (`tiny_data_dir` for a whole module: the Ray tests share one reference study)."""
+    root = tmp_path_factory.mktemp("data")
+    md5s = {}
+    for split, (images, labels) in tiny_arrays.items():
+        image_name, label_name = data.FILES[split]
+        for name, array in ((image_name, images), (label_name, labels)):
+            data.write_idx(data.raw_dir(root) / name, array)
+            md5s[name] = data.md5(data.encode_idx(array))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(data, "MD5", md5s)
+        mp.setenv(data.DATA_DIR_ENV, str(root))
+        mp.setenv(data.SOURCES_ENV, "cache")
+        yield root
+
+
+def study(folder: Path) -> Experiment:
+    path = folder / "tiny.toml"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(STUDY)
+    return load_experiment(path, output=folder / "out")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Local runs use the thread count of the Ray tasks (--cpus-per-run 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_mnist, one_thread) -> Experiment:
+    """The study through the local executor, in this process, one thread: what Ray must equal."""
+    exp = study(tmp_path_factory.mktemp("local"))
+    run_experiment(exp, LocalExecutor(1))
+    return exp
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One real local Ray instance for the module; yields its address for other drivers."""
+    if not HAVE_RAY:
+        pytest.skip('ray is not installed (pip install -e ".[ray]")')
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def ray_executor(**kw):
+    from robustmnist.ray_executor import RayExecutor
+
+    return RayExecutor(cpus_per_run=1, **kw)
+
+
+def assert_same_study(a: Experiment, b: Experiment) -> None:
+    """Every number of two studies' runs and sweeps is bit-identical (timings aside)."""
+    for run_a, run_b in zip(a.runs(), b.runs(), strict=True):
+        fa, fb = run_a.folder, run_b.folder
+        pd.testing.assert_frame_equal(pd.read_csv(fa.metrics).drop(columns=TIMING),
+                                      pd.read_csv(fb.metrics).drop(columns=TIMING), check_exact=True)
+        ca, cb = load_checkpoint(fa.checkpoint), load_checkpoint(fb.checkpoint)
+        assert ca.complete and cb.complete and ca.epoch == cb.epoch == EPOCHS
+        for key, tensor in ca.state_dict.items():
+            assert torch.equal(tensor, cb.state_dict[key]), key
+        assert json.loads(fa.config.read_text())["config"] == json.loads(fb.config.read_text())["config"]
+        assert fb.summary.is_file()
+    sa, sb = a.layout.sweep, b.layout.sweep
+    pd.testing.assert_frame_equal(pd.read_csv(sa.csv).drop(columns="checkpoint"),
+                                  pd.read_csv(sb.csv).drop(columns="checkpoint"), check_exact=True)
+    with np.load(sa.predictions) as pa, np.load(sb.predictions) as pb:
+        for key in pa.files:
+            np.testing.assert_array_equal(pa[key], pb[key])
+    assert json.loads(sb.meta.read_text())["complete"] is True
+
+
+def worker_pids(title: str) -> list[int]:
+    """Processes whose title (set by Ray while a task runs) starts with `title`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(title.encode()):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+# --------------------------------------------------------------------------- choosing an executor
+
+@pytest.mark.parametrize(("kind", "kw", "match"), [
+    ("local", {"address": "auto"}, "apply to --executor ray"),
+    ("local", {"gpus_per_run": 0.5}, "apply to --executor ray"),
+    ("ray", {"jobs": 2}, "--jobs applies to --executor local"),
+    ("dask", {}, "choose one of local, ray"),
+])
+def test_misplaced_options_are_one_line(kind, kw, match):
+    with pytest.raises(RobustMnistError, match=match):
+        make_executor(kind, **kw)
+
+
+def test_local_is_the_default_with_its_jobs():
+    assert make_executor("local", jobs=2).describe() == "local --jobs 2"
+
+
+def test_ray_missing_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(RobustMnistError, match=r'pip install -e "\.\[ray\]"'):
+        make_executor("ray")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(("address", "match"), [
+    (f"127.0.0.1:{_closed_port()}", "cannot reach the Ray cluster"),
+    ("127.0.0.1:notaport", "not HOST:PORT"),
+])
+def test_unreachable_address_fails_in_seconds(address, match):
+    t0 = time.perf_counter()
+    with pytest.raises(RobustMnistError, match=match):
+        check_reachable(address, timeout_s=2)
+    assert time.perf_counter() - t0 < 5
+
+
+@needs_ray
+def test_cli_unreachable_address_is_one_line(tmp_path, monkeypatch, tiny_mnist):
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh process
+    (tmp_path / "tiny.toml").write_text(STUDY)
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "tiny.toml"), "--executor", "ray",
+                                      "--address", f"127.0.0.1:{_closed_port()}",
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "cannot reach the Ray cluster" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+# --------------------------------------------------------------------------- Ray: same files
+
+@needs_ray
+def test_ray_study_is_bit_identical_to_local(tmp_path, reference, ray_cluster):
+    exp = study(tmp_path)
+    progress: list[str] = []
+    executor = ray_executor()
+    outcome = run_experiment(exp, executor, log=progress.append)
+    assert outcome.trained == 4 and outcome.swept and (outcome.report / "README.md").is_file()
+    assert_same_study(reference, exp)
+    assert any(line.startswith("[4/4]") and "ETA" in line for line in progress)
+    # The driver wrote every file; the workers (other processes) only returned bytes.
+    assert all(int(w.rsplit(":", 1)[1]) != os.getpid() for w in executor.workers.values())
+    assert json.loads(exp.layout.record.read_text())["invocations"][0]["executor"].startswith("ray")
+
+
+@needs_ray
+def test_unfinished_run_is_shipped_and_resumed(tmp_path, reference, ray_cluster):
+    from robustmnist.training import Progress, train
+
+    class StopAfter(Progress):
+        def end(self, row):
+            if row["epoch"] == 2:
+                raise KeyboardInterrupt
+
+    exp = study(tmp_path)
+    run = exp.runs()[1]
+    with pytest.raises(KeyboardInterrupt):
+        train(run.config, run.folder.root, progress=StopAfter(), variant=run.variant.name)
+    partial = pd.read_csv(run.folder.metrics)
+    assert len(partial) == 2
+    run_experiment(exp, ray_executor())
+    assert_same_study(reference, exp)
+    # Resumed, not retrained: the two shipped epochs keep their own timings.
+    resumed = pd.read_csv(run.folder.metrics)
+    pd.testing.assert_frame_equal(resumed.iloc[:2], partial, check_exact=True)
+
+
+@needs_ray
+def test_resume_with_another_thread_count_is_refused_in_rays_terms(tmp_path, tiny_mnist,
+                                                                   one_thread, ray_cluster):
+    from robustmnist.training import Progress, train
+
+    class StopAfter(Progress):
+        def end(self, row):
+            raise KeyboardInterrupt
+
+    exp = study(tmp_path)
+    run = exp.runs()[0]
+    with pytest.raises(KeyboardInterrupt):
+        train(run.config, run.folder.root, progress=StopAfter())
+    with pytest.raises(RobustMnistError, match="resume it with --cpus-per-run 1"):
+        ray_executor(cpus_per_run=2).train([run], None, lambda *_: None)
+
+
+# --------------------------------------------------------------------------- Ray: faults
+
+@needs_ray
+def test_worker_killed_mid_run_is_retried(tmp_path, reference, ray_cluster):
+    """SIGKILL the real worker process of a training task while it trains: Ray re-runs the task
+    (max_retries) and the study completes with the same numbers."""
+    exp = study(tmp_path)
+    target = exp.runs()[0].folder
+    killed: list[int] = []
+
+    def kill_first_worker() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            if pids := worker_pids(f"ray::train:{target.root.name}"):
+                time.sleep(0.3)  # into its epochs
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_first_worker)
+    killer.start()
+    executor = ray_executor()
+    try:
+        run_experiment(exp, executor)
+    finally:
+        killer.join()
+    assert killed, "the training task was never seen running"
+    # Killed mid-run: the run's result came from another worker process.
+    assert executor.workers[target.root].rsplit(":", 1)[1] != str(killed[0])
+    assert_same_study(reference, exp)
+
+
+@needs_ray
+def test_driver_killed_mid_study_then_rerun_continues(tmp_path, reference, ray_cluster, tiny_mnist):
+    """SIGKILL a `robustmnist run --executor ray` driver once its first run is written; running
+    it again trains only what is missing and ends with the same numbers."""
+    exp = study(tmp_path)
+    driver = ("import json, sys; from robustmnist import data; data.MD5 = json.loads(sys.argv[1]); "
+              "from robustmnist.cli import app; app(sys.argv[2:])")
+    cmd = [sys.executable, "-c", driver, json.dumps(data.MD5), "run", str(exp.source),
+           "--out", str(exp.output), "--executor", "ray", "--address", ray_cluster]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    assert proc.stderr is not None
+    for line in proc.stderr:  # the study's progress, one line per finished run
+        lines.append(line)
+        if line.startswith("[1/4]"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "".join(lines)
+    finished = [r.folder for r in exp.runs() if r.folder.checkpoint.is_file()
+                and load_checkpoint(r.folder.checkpoint).complete]
+    assert 1 <= len(finished) < 4
+    stamps = {f.root: f.checkpoint.stat().st_mtime_ns for f in finished}
+
+    outcome = run_experiment(exp, ray_executor())
+    assert outcome.trained == 4 - len(finished)
+    assert {f.root: f.checkpoint.stat().st_mtime_ns for f in finished} == stamps  # not retrained
+    assert_same_study(reference, exp)
+
+
+@needs_ray
+def test_worker_without_robustmnist_is_named(tmp_path, tiny_mnist, ray_cluster):
+    """A worker whose Python cannot import robustmnist (a startup hook hides it, as on a node
+    where it is not installed) gives one line that says what to install."""
+    hook = tmp_path / "hide"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'robustmnist':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Hide())\n")
+    exp = study(tmp_path)
+    executor = ray_executor(runtime_env={"env_vars": {"PYTHONPATH": str(hook)}}, max_retries=0)
+    with pytest.raises(RobustMnistError, match=r"cannot import robustmnist.*pip install") as info:
+        executor.train(exp.runs()[:1], None, lambda *_: None)
+    assert "\n" not in str(info.value)
+    assert not RunDir(exp.runs()[0].folder.root).checkpoint.exists()

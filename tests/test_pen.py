@@ -1,0 +1,168 @@
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from robustmnist import pen
+from robustmnist.measure import measure_thickness
+
+
+def _strokes() -> np.ndarray:
+    """Tiny synthetic digits without junctions: a vertical bar, a diagonal, a ring, an arc."""
+    images = np.zeros((4, 28, 28), np.uint8)
+    cv2.line(images[0], (14, 5), (14, 22), 255, 2, cv2.LINE_AA)
+    cv2.line(images[1], (9, 22), (19, 5), 255, 2, cv2.LINE_AA)
+    cv2.circle(images[2], (14, 14), 8, 255, 2, cv2.LINE_AA)
+    cv2.ellipse(images[3], (14, 14), (9, 7), 0, 200, 340, 255, 2, cv2.LINE_AA)
+    return images
+
+
+@pytest.fixture(scope="module")
+def strokes_atlas() -> pen.PenAtlas:
+    return pen.build_atlas(_strokes(), workers=1)
+
+
+def _as_u8(ink: torch.Tensor) -> np.ndarray:
+    return ink[:, 0].mul(255).round().to(torch.uint8).cpu().numpy()
+
+
+def test_render_hand_computed():
+    d = torch.tensor([0, 16, 32, 48, 255], dtype=torch.uint8).view(1, 1, 1, 5)  # 0..1.5 px, far
+    torch.testing.assert_close(pen.render(d, torch.tensor([1.0])).flatten(),
+                               torch.tensor([1.0, 0.5, 0.0, 0.0, 0.0]))
+    torch.testing.assert_close(pen.render(d, torch.tensor([3.0])).flatten(),
+                               torch.tensor([1.0, 1.0, 1.0, 0.5, 0.0]))
+
+
+@pytest.mark.parametrize("width", [2.0, 3.0, 4.0, 5.0, 6.0])
+def test_rendered_width_measures_as_drawn(strokes_atlas, width):
+    # The renderer itself, uncalibrated: strokes without junctions measure their pen width.
+    ink = pen.render(strokes_atlas.distance, torch.full((len(strokes_atlas),), width))
+    assert np.nanmean(measure_thickness(_as_u8(ink), workers=1)) == pytest.approx(width, abs=0.3)
+
+
+@pytest.mark.parametrize("width", [2.0, 2.5, 3.5, 4.5, 5.5, 6.0])
+def test_drawn_pen_measures_its_nominal_width(tiny_arrays, width):
+    # Calibrated per digit: also on digits with loops and junctions (Hershey digits).
+    digits = tiny_arrays["train"][0][:20]
+    atlas = pen.build_atlas(digits, workers=1)
+    measured = measure_thickness(_as_u8(pen.draw(atlas, torch.full((len(digits),), width))), workers=1)
+    assert np.nanmean(measured) == pytest.approx(width, abs=0.3)
+
+
+def test_one_px_pen_sits_at_the_measurement_floor(strokes_atlas):
+    ink = pen.draw(strokes_atlas, torch.ones(len(strokes_atlas)))
+    measured = np.nanmean(measure_thickness(_as_u8(ink), workers=1))
+    assert 1.0 <= measured <= 1.7  # the measure cannot confirm widths below ~1.5 px
+
+
+def test_render_width_inverts_the_calibration():
+    knots = torch.tensor([[1.0, 2.2, 3.1, 4.5, 6.0, 7.5, 9.0]])
+    widths = torch.tensor([1.0, 2.2, 3.8, 9.0, 0.5, 12.0])
+    got = pen.render_width(knots.expand(len(widths), -1).contiguous(), widths)
+    torch.testing.assert_close(got, torch.tensor([1.0, 2.0, 3.5, 7.0, 1.0, 7.0]))
+
+
+def test_blank_digit_is_not_drawable():
+    images = np.concatenate([_strokes()[:1], np.zeros((1, 28, 28), np.uint8)])
+    atlas = pen.build_atlas(images, workers=1)
+    assert atlas.drawable.tolist() == [True, False]
+    assert (atlas.distance[1] == 255).all()
+
+
+def test_atlas_rows_and_device(strokes_atlas, device):
+    on_device = strokes_atlas.to(device)
+    rows = on_device[torch.tensor([2, 0], device=device)]
+    assert len(rows) == 2 and rows.distance.device.type == device.type
+    assert rows.distance.shape == (2, 1, 28, 28) and rows.distance.dtype == torch.uint8
+    ink = pen.draw(rows, torch.tensor([3.0, 3.0], device=device))
+    assert ink.device.type == device.type and ink.dtype == torch.float32
+    torch.testing.assert_close(ink.cpu(), pen.draw(strokes_atlas[[2, 0]], torch.tensor([3.0, 3.0])))
+
+
+@pytest.mark.gpu
+def test_cuda_draw_matches_cpu(strokes_atlas):
+    widths = torch.tensor([1.5, 2.5, 4.0, 6.0])
+    cpu = pen.draw(strokes_atlas, widths)
+    gpu = pen.draw(strokes_atlas.to("cuda"), widths.cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-6, rtol=0)
+
+
+def test_atlas_cache_hit_miss_and_corruption(tmp_path):
+    images = _strokes()
+    first, built = pen.load_or_build_atlas(images, tmp_path)
+    assert built
+    again, built = pen.load_or_build_atlas(images, tmp_path)
+    assert not built
+    torch.testing.assert_close(again.distance, first.distance)
+    torch.testing.assert_close(again.knots, first.knots, equal_nan=True)
+    path = pen.atlas_path(tmp_path, images)
+    path.write_bytes(path.read_bytes()[:300])  # truncated
+    _, built = pen.load_or_build_atlas(images, tmp_path)
+    assert built
+    with np.load(path) as z:  # valid file, tampered pixels: the content hash catches it
+        distance, knots, meta = z["distance"].copy(), z["knots"], z["meta"]
+    distance[0, 0, 0] ^= 1
+    with path.open("wb") as f:
+        np.savez(f, distance=distance, knots=knots, meta=meta)
+    rebuilt, built = pen.load_or_build_atlas(images, tmp_path)
+    assert built
+    torch.testing.assert_close(rebuilt.distance, first.distance)
+
+
+def test_atlas_path_follows_the_pixels_and_the_version(tmp_path, monkeypatch):
+    images = _strokes()
+    path = pen.atlas_path(tmp_path, images)
+    changed = images.copy()
+    changed[0, 0, 0] = 1
+    assert pen.atlas_path(tmp_path, changed) != path
+    monkeypatch.setattr(pen, "ATLAS_VERSION", pen.ATLAS_VERSION + 1)
+    assert pen.atlas_path(tmp_path, images) != path
+
+
+def test_skeleton_segments_hand_computed():
+    path = np.zeros((8, 8), bool)
+    path[1, 1:4] = True   # a row of three: two segments
+    path[5, 5] = True     # an isolated dot: one zero-length segment
+    segments = pen.skeleton_segments(path) * pen.UPSCALE + (pen.UPSCALE / 2 - 0.5)  # back to x4 px
+    as_set = {tuple(map(tuple, s.round(6))) for s in segments}
+    assert as_set == {((1.0, 1.0), (2.0, 1.0)), ((2.0, 1.0), (3.0, 1.0)), ((5.0, 5.0), (5.0, 5.0))}
+
+
+def test_photo_is_deterministic_and_pen_adds_ink(tiny_arrays):
+    digit = tiny_arrays["test"][0][3]
+    a, b = pen.PhotoDigit(digit), pen.PhotoDigit(digit.copy())
+    np.testing.assert_array_equal(a.photograph(0.1), b.photograph(0.1))
+    photo = a.photograph(0.1)
+    assert photo.dtype == np.float32 and photo.shape == (a.side, a.side)
+    assert 0.0 <= photo.min() and photo.max() <= 1.0
+    assert a.ink(0.05).sum() < a.ink(0.1).sum() < a.ink(0.2).sum()
+    # Written height (ink outside to outside) is PHOTO_DIGIT_PX whatever the pen.
+    for fraction in (0.05, 0.2):
+        rows = np.flatnonzero(a.ink(fraction).max(1) > 0.5)
+        assert rows[-1] - rows[0] + 1 == pytest.approx(pen.PHOTO_DIGIT_PX, abs=4)
+
+
+def test_photo_levels_read_back_as_mnist_digits(tiny_arrays):
+    digit = tiny_arrays["test"][0][5]
+    thin, thick = pen.photo_levels(digit, [0.05, 0.2])
+    assert thin.shape == thick.shape == (28, 28) and thin.dtype == np.uint8
+    assert thin.max() == 255
+    t_thin, t_thick = measure_thickness(np.stack([thin, thick]), workers=1)
+    assert t_thin < t_thick
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+@pytest.mark.parametrize("width", [2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0])
+def test_pen_widths_on_real_digits(width, real_atlas):
+    measured = measure_thickness(_as_u8(pen.draw(real_atlas, torch.full((len(real_atlas),), width))),
+                                 workers=1)
+    assert np.nanmean(measured) == pytest.approx(width, abs=0.3)
+
+
+@pytest.fixture(scope="module")
+def real_atlas() -> pen.PenAtlas:
+    from robustmnist.data import load_split
+
+    return pen.build_atlas(load_split("train").images[:300, 0].numpy())
