@@ -2,6 +2,7 @@
 venv costs gigabytes and minutes), so install once: ``pip install -e ".[dev]"``."""
 
 import sys
+from pathlib import Path
 
 import nox
 
@@ -74,3 +75,17 @@ def quickstart(session: nox.Session) -> None:
 def reproduce(session: nox.Session) -> None:
     """The full study (5 variants x 3 seeds x 20 epochs) and reports/thickness/."""
     session.run(*CLI, "run", "experiments/thickness.toml", "--jobs", "2", *session.posargs)
+
+
+@nox.session(name="ray")
+def ray_cluster(session: nox.Session) -> None:
+    """The quickstart through a Ray cluster: a head node on 127.0.0.1 (2 CPUs), `robustmnist run
+    --executor ray --address auto`, then `ray stop` (needs pip install -e ".[ray]")."""
+    ray_cli = str(Path(PY).with_name("ray"))  # the console script next to this interpreter
+    session.run(ray_cli, "start", "--head", "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
+                "--include-dashboard", "false")
+    try:
+        session.run(*CLI, "run", "experiments/quickstart.toml", "--executor", "ray", "--address",
+                    "auto", "--out", "results/quickstart-ray", *session.posargs)
+    finally:
+        session.run(ray_cli, "stop")

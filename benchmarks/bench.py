@@ -1,40 +1,55 @@
-"""Speed benchmarks, measured in one process so ratios compare like with like.
+"""Speed benchmarks, measured in one process (one run) so ratios compare like with like.
 
 1. One training epoch (60,000 images, batch 512, Adam 1e-3, the baseline ConvNet):
    - standard: torchvision ``datasets.MNIST`` + ``ToTensor`` + ``Normalize`` +
      ``DataLoader(batch_size=512, shuffle=True)``, the model in PyTorch's default layout;
-   - robustmnist ``--aug none`` and ``--aug thickness`` (the trainer itself, test eval excluded),
-     alternated ``--repeats`` times, median epoch of each compared;
-   - bf16 autocast throughput of the robustmnist step (AMX), for the record.
-2. The default sweep (delta + absolute families) of one checkpoint: cold (building the cached
-   sets) and warm (cached).
-3. Measuring the thickness of the 10,000 test digits.
+   - robustmnist ``--aug none`` and every augmentation policy (the trainer itself, test eval
+     excluded), alternated ``--repeats`` times; the overhead of a policy is
+     (median policy epoch - median ``none`` epoch) / median policy epoch;
+   - the augmentation alone over one epoch's batches, per policy;
+   - bf16 autocast throughput of the step, for the record.
+2. Test sets: build time of every level of every family (cold, a fresh cache), then the sweep
+   of one checkpoint over the quickstart's families: cold (fresh cache) and warm (cached).
+3. The README's main job (`robustmnist run`, the quickstart) cold: a fresh data folder holding
+   only the MNIST files (the one-time fetch is timed separately), in a subprocess.
+4. Measuring the thickness of the 10,000 test digits.
 
-Writes ``benchmarks/results/<device>-<date>.json`` and prints a Markdown summary.
-Usage: ``python benchmarks/bench.py [--device cpu|cuda] [--quick]``.
+Writes ``benchmarks/results/<device>-<date>.json`` and ``.md``.
+Usage: ``python benchmarks/bench.py [--device cpu|cuda] [--quick] [--skip main,sweep,...]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from robustmnist import artifacts
-from robustmnist.augmentation import AugConfig
-from robustmnist.data import default_data_dir, fetch, load_split
-from robustmnist.evaluation import parse_levels, sweep
+from robustmnist.augmentation import augment
+from robustmnist.checkpoint import normalise, to_unit
+from robustmnist.config import POLICIES, AugConfig, TrainConfig
+from robustmnist.data import default_data_dir, fetch, load_split, raw_dir
+from robustmnist.evaluation import sweep, test_set
+from robustmnist.experiments import load_experiment, resolve_path
 from robustmnist.measure import measure_thickness
-from robustmnist.models import build_model
-from robustmnist.training import Progress, TrainConfig, normalise, resolve_device, to_unit, train
+from robustmnist.models import build_model, resolve_device
+from robustmnist.pen import training_atlas
+from robustmnist.perturb import DEFAULT_LEVELS
+from robustmnist.training import Progress, train
 
 RESULTS = Path(__file__).parent / "results"
+STEPS = ("epochs", "sets", "sweep", "main", "measure", "bf16")
 
 
 def standard_epoch(device: torch.device, data_dir: Path, max_batches: int | None) -> tuple[float, int]:
@@ -60,37 +75,38 @@ def standard_epoch(device: torch.device, data_dir: Path, max_batches: int | None
         seen += len(y)
         if max_batches and i + 1 >= max_batches:
             break
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    _sync(device)
     return time.perf_counter() - t0, seen
 
 
-def robustmnist_epoch(policy: str, device: torch.device, out: Path, splits) -> tuple[float, Path]:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def robustmnist_epoch(policy: str, device: torch.device, out: Path, splits: Any) -> tuple[float, Path]:
     config = TrainConfig(epochs=1, device=str(device), aug=AugConfig.from_policy(policy))
     result = train(config, out / policy, force=True, train_split=splits[0], test_split=splits[1],
                    progress=Progress())
     return result.metrics[0]["epoch_seconds"], out / policy
 
 
-def augmentation_alone(device: torch.device, splits) -> float:
-    """Seconds of `augment` alone over one epoch's batches (the thickness policy)."""
-    from robustmnist.augmentation import augment
-
-    config = AugConfig.from_policy("thickness")
+def augmentation_alone(policy: str, device: torch.device, splits: Any, atlas: Any) -> float:
+    """Seconds of `augment` alone over one epoch's batches."""
+    config = AugConfig.from_policy(policy)
     generator = torch.Generator(device=device).manual_seed(0)
     perm = torch.randperm(len(splits[0]), device=device)
     images = splits[0].images
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    _sync(device)
     t0 = time.perf_counter()
     for i in range(0, len(perm), 512):
-        augment(to_unit(images[perm[i:i + 512]]), config, generator)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+        idx = perm[i:i + 512]
+        augment(to_unit(images[idx]), config, generator, atlas[idx] if config.p_pen else None)
+    _sync(device)
     return time.perf_counter() - t0
 
 
-def bf16_throughput(device: torch.device, splits, steps: int = 20) -> dict[str, float]:
+def bf16_throughput(device: torch.device, splits: Any, steps: int = 20) -> dict[str, float]:
     """images/s of the training step in fp32 and under bf16 autocast (same batches)."""
     out = {}
     images, labels = splits[0].images.to(device), splits[0].labels.to(device)
@@ -101,7 +117,7 @@ def bf16_throughput(device: torch.device, splits, steps: int = 20) -> dict[str, 
             model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
-        def step(i: int, model=model, opt=opt, enabled=enabled) -> None:
+        def step(i: int, model: Any = model, opt: Any = opt, enabled: bool = enabled) -> None:
             x = normalise(to_unit(images[i * 512:(i + 1) * 512]), 0.1307, 0.3081)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled):
                 loss = F.nll_loss(model(x).float(), labels[i * 512:(i + 1) * 512])
@@ -111,93 +127,153 @@ def bf16_throughput(device: torch.device, splits, steps: int = 20) -> dict[str, 
 
         for i in range(3):
             step(i)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         t0 = time.perf_counter()
         for i in range(steps):
             step(i)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         out[name] = steps * 512 / (time.perf_counter() - t0)
     return out
 
 
+def epochs(results: dict[str, Any], device: torch.device, data_dir: Path, splits: Any,
+           tmp: Path, args: argparse.Namespace) -> Path:
+    """Standard vs robustmnist epochs, and the overhead of every policy; returns a checkpoint."""
+    std_s, std_n = standard_epoch(device, data_dir, 20 if args.quick else None)
+    results["standard_epoch_s"] = std_s * 60_000 / std_n
+    # Alternate the configurations and compare medians: epoch times on a shared 2-core machine
+    # vary by ~10 %, more than the augmentation costs, so one epoch each decides nothing.
+    times: dict[str, list[float]] = {p: [] for p in POLICIES}
+    ckpt = tmp / "none"
+    for _ in range(args.repeats):
+        for policy in POLICIES:
+            seconds, folder = robustmnist_epoch(policy, device, tmp, splits)
+            times[policy].append(seconds)
+            ckpt = folder if policy == "none" else ckpt
+    med = {p: statistics.median(t) for p, t in times.items()}
+    atlas = training_atlas(splits[0].images, data_dir).to(device)
+    alone = {p: augmentation_alone(p, device, splits, atlas) for p in POLICIES if p != "none"}
+    results.update({
+        "epoch_repeats_s": times, "epoch_median_s": med,
+        "robustmnist_epoch_s": med["none"], "ratio_vs_standard": med["none"] / results["standard_epoch_s"],
+        "aug_overhead_fraction": {p: (med[p] - med["none"]) / med[p] for p in POLICIES if p != "none"},
+        "augmentation_alone_s": alone,
+        "augmentation_alone_fraction": {p: alone[p] / med[p] for p in alone},
+    })
+    return ckpt
+
+
+def set_builds(results: dict[str, Any], data_dir: Path, tmp: Path) -> None:
+    """Cold build time of every family's default levels (a fresh cache)."""
+    test = load_split("test", data_dir)
+    cache = tmp / "sets-cache"
+    per_family = {}
+    for family, levels in {"clean": (0.0,), **DEFAULT_LEVELS}.items():
+        t0 = time.perf_counter()
+        for level in levels:
+            test_set(family, level, data_dir, cache, test=test)
+        per_family[family] = {"levels": len(levels), "seconds": time.perf_counter() - t0}
+    results["set_build_cold_s"] = per_family
+
+
+def sweeps(results: dict[str, Any], device: torch.device, data_dir: Path, ckpt: Path, tmp: Path) -> None:
+    families = load_experiment(resolve_path("quickstart")).families
+    cache = tmp / "sweep-cache"
+    for name in ("cold", "warm"):
+        t0 = time.perf_counter()
+        sweep([ckpt], families, device=device, data_dir=data_dir, cache_dir=cache)
+        results[f"sweep_{name}_s"] = time.perf_counter() - t0
+    results["sweep_sets"] = 1 + sum(len(v) for v in families.values())
+
+
+def main_job(results: dict[str, Any], data_dir: Path, tmp: Path) -> None:
+    """`robustmnist run` (the quickstart) cold: fresh data folder with only the MNIST files."""
+    fresh = tmp / "fresh-data"
+    t0 = time.perf_counter()
+    shutil.copytree(raw_dir(data_dir), raw_dir(fresh))
+    results["main_job_fetch_s"] = time.perf_counter() - t0  # the copy standing in for the fetch
+    env = {**os.environ, "ROBUSTMNIST_DATA_DIR": str(fresh), "ROBUSTMNIST_SOURCES": "cache"}
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "robustmnist.cli", "run", "--out", str(tmp / "main"), "-q"],
+                   check=True, env=env, cwd=tmp)
+    results["main_job_cold_s"] = time.perf_counter() - t0
+
+
+def render(m: dict[str, Any]) -> str:
+    lines = [f"Measured {m['date']} on {m['machine']['device_name']} ({m['machine']['device']}, "
+             f"{m['machine']['torch_threads']} torch threads, torch {m['machine']['torch']}).", "",
+             "| measurement | value |", "|---|---|"]
+    if "standard_epoch_s" in m:
+        lines += [
+            f"| standard pipeline epoch (torchvision MNIST + ToTensor + Normalize + DataLoader) | "
+            f"{m['standard_epoch_s']:.1f} s |",
+            f"| robustmnist epoch, --aug none | {m['robustmnist_epoch_s']:.1f} s "
+            f"(**{m['ratio_vs_standard']:.2f}x** the standard) |"]
+        for p, frac in m["aug_overhead_fraction"].items():
+            lines.append(f"| robustmnist epoch, --aug {p} | {m['epoch_median_s'][p]:.1f} s (epoch "
+                         f"difference {100 * frac:+.1f} %; augmentation alone "
+                         f"{m['augmentation_alone_s'][p]:.2f} s = "
+                         f"**{100 * m['augmentation_alone_fraction'][p]:.1f} %** of the epoch) |")
+    if "step_images_per_s" in m:
+        lines.append(f"| training step fp32 / bf16 autocast | {m['step_images_per_s']['fp32']:,.0f} / "
+                     f"{m['step_images_per_s']['bf16_autocast']:,.0f} images/s |")
+    if "measure_10k_s" in m:
+        lines.append(f"| measure thickness of 10,000 test digits | {m['measure_10k_s']:.1f} s |")
+    for family, b in m.get("set_build_cold_s", {}).items():
+        lines.append(f"| build {family} ({b['levels']} levels x 10,000 digits), cold | "
+                     f"{b['seconds']:.1f} s |")
+    if "sweep_cold_s" in m:
+        lines.append(f"| quickstart sweep ({m['sweep_sets']} sets), 1 checkpoint: cold / warm | "
+                     f"{m['sweep_cold_s']:.1f} s / {m['sweep_warm_s']:.1f} s |")
+    if "main_job_cold_s" in m:
+        lines.append(f"| main job `robustmnist run`, cold (MNIST already fetched) | "
+                     f"{m['main_job_cold_s']:.0f} s ({m['main_job_cold_s'] / 60:.2f} min) |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="fewer batches (smoke test only)")
-    parser.add_argument("--no-sweep", action="store_true")
-    parser.add_argument("--repeats", type=int, default=5, help="epochs per robustmnist config")
+    parser.add_argument("--skip", default="", help=f"comma-separated steps to skip: {','.join(STEPS)}")
+    parser.add_argument("--repeats", type=int, default=3, help="epochs per configuration")
     args = parser.parse_args()
+    skip = {s for s in args.skip.split(",") if s}
     device = resolve_device(args.device)
     data_dir = default_data_dir()
+    t0 = time.perf_counter()
     fetch(data_dir)
+    results: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                               "fetch_or_verify_s": time.perf_counter() - t0,
+                               **artifacts.provenance(device)}
     splits = (load_split("train", data_dir, device), load_split("test", data_dir, device))
-    results: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                     **artifacts.provenance(device)}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp)
-        std_s, std_n = standard_epoch(device, data_dir, 20 if args.quick else None)
-        results["standard_epoch_s"] = std_s * 60_000 / std_n
-        # Alternate the two configurations and compare medians: epoch times on a shared 2-core
-        # machine vary by ~10 %, more than the augmentation costs, so one epoch each decides
-        # nothing.
-        none_times, aug_times = [], []
-        for _ in range(args.repeats):
-            seconds, ckpt = robustmnist_epoch("none", device, tmp_path, splits)
-            none_times.append(seconds)
-            aug_times.append(robustmnist_epoch("thickness", device, tmp_path, splits)[0])
-        none_s, aug_s = statistics.median(none_times), statistics.median(aug_times)
-        results["epoch_repeats_s"] = {"none": none_times, "thickness": aug_times}
-        results.update({"robustmnist_epoch_s": none_s, "robustmnist_thickness_epoch_s": aug_s,
-                        "ratio_vs_standard": none_s / results["standard_epoch_s"],
-                        "aug_overhead_fraction": (aug_s - none_s) / aug_s})
-        results["augmentation_alone_s"] = augmentation_alone(device, splits)
-        results["step_images_per_s"] = bf16_throughput(device, splits)
-        t0 = time.perf_counter()
-        measure_thickness(splits[1].images.cpu().numpy())
-        results["measure_10k_s"] = time.perf_counter() - t0
-        if not args.no_sweep:
-            families = parse_levels(["delta", "absolute"], None)
-            cache = tmp_path / "cache"
-            t0 = time.perf_counter()
-            sweep([ckpt], families, device=device, data_dir=data_dir, cache_dir=cache)
-            results["sweep_cold_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            sweep([ckpt], families, device=device, data_dir=data_dir, cache_dir=cache)
-            results["sweep_warm_s"] = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        ckpt = None
+        if "epochs" not in skip:
+            ckpt = epochs(results, device, data_dir, splits, tmp, args)
+        if "bf16" not in skip:
+            results["step_images_per_s"] = bf16_throughput(device, splits)
+        if "measure" not in skip:
+            t1 = time.perf_counter()
+            measure_thickness(splits[1].images.cpu().numpy())
+            results["measure_10k_s"] = time.perf_counter() - t1
+        if "sets" not in skip:
+            set_builds(results, data_dir, tmp)
+        if "sweep" not in skip:
+            if ckpt is None:
+                ckpt = robustmnist_epoch("none", device, tmp, splits)[1]
+            sweeps(results, device, data_dir, ckpt, tmp)
+        if "main" not in skip:
+            main_job(results, data_dir, tmp)
     RESULTS.mkdir(exist_ok=True)
-    stamp = results["date"][:10]
-    path = RESULTS / f"{device.type}-{stamp}{'-quick' if args.quick else ''}.json"
+    path = RESULTS / f"{device.type}-{results['date'][:10]}{'-quick' if args.quick else ''}.json"
     artifacts.write_json(path, results)
-    m = results
-    lines = [
-        f"Measured {m['date']} on {m['machine']['device_name']} ({m['machine']['device']}, "
-        f"{m['machine']['torch_threads']} torch threads, torch {m['machine']['torch']}).",
-        "",
-        "| measurement | value |",
-        "|---|---|",
-        f"| standard pipeline epoch (torchvision MNIST + ToTensor + Normalize + DataLoader) | "
-        f"{m['standard_epoch_s']:.1f} s |",
-        f"| robustmnist epoch, --aug none | {m['robustmnist_epoch_s']:.1f} s "
-        f"(**{m['ratio_vs_standard']:.2f}x** the standard) |",
-        f"| robustmnist epoch, --aug thickness | {m['robustmnist_thickness_epoch_s']:.1f} s "
-        f"(augmentation = **{100 * m['aug_overhead_fraction']:.1f} %** of the epoch) |",
-        f"| augmentation alone over one epoch's batches (thickness) | "
-        f"{m['augmentation_alone_s']:.2f} s (= "
-        f"{100 * m['augmentation_alone_s'] / m['robustmnist_thickness_epoch_s']:.1f} % "
-        "of the augmented epoch) |",
-        f"| training step fp32 / bf16 autocast | {m['step_images_per_s']['fp32']:,.0f} / "
-        f"{m['step_images_per_s']['bf16_autocast']:,.0f} images/s |",
-        f"| measure thickness of 10,000 test digits | {m['measure_10k_s']:.1f} s |",
-    ]
-    if "sweep_cold_s" in m:
-        lines.append(f"| default sweep (delta + absolute, 17 sets), 1 checkpoint: cold / warm | "
-                     f"{m['sweep_cold_s']:.1f} s / {m['sweep_warm_s']:.1f} s |")
-    text = "\n".join(lines) + "\n"
+    text = render(results)
     artifacts.write_text(path.with_suffix(".md"), text)
     print(text)
     print(f"written to {path} and {path.with_suffix('.md')}")
+
 
 if __name__ == "__main__":
     main()

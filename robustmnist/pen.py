@@ -33,6 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from filelock import FileLock
 
 from robustmnist import artifacts
 from robustmnist.measure import UPSCALE, as_digits, binarise, map_chunks, measure_thickness, upscale
@@ -211,16 +212,26 @@ def load_or_build_atlas(images: np.ndarray, cache_dir: Path | None, workers: int
     if cache_dir is None:
         return build_atlas(images, workers), True
     path = atlas_path(cache_dir, images)
-    if path.exists() and (cached := _load_atlas(path, len(images))) is not None:
-        return cached, False
-    log(f"building the pen atlas of {len(images):,} digits (skeletons, once; cached in {path.parent})")
-    atlas = build_atlas(images, workers)
-    distance, knots = atlas.distance[:, 0].numpy(), atlas.knots.numpy()
-    meta = {"atlas": ATLAS_VERSION, "sha256": _sha256(distance) + _sha256(knots)}
-    buf = io.BytesIO()
-    np.savez(buf, distance=distance, knots=knots, meta=np.array(json.dumps(meta)))
-    artifacts.write_bytes(path, buf.getvalue())
-    return atlas, True
+    lock = FileLock(f"{path}.lock")  # a second training waits for the first one's atlas
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as err:
+        raise artifacts.write_error(path, err) from None
+    try:
+        if path.exists() and (cached := _load_atlas(path, len(images))) is not None:
+            return cached, False
+        log(f"building the pen atlas of {len(images):,} digits (skeletons and calibration, once; "
+            f"cached in {path.parent})")
+        atlas = build_atlas(images, workers)
+        distance, knots = atlas.distance[:, 0].numpy(), atlas.knots.numpy()
+        meta = {"atlas": ATLAS_VERSION, "sha256": _sha256(distance) + _sha256(knots)}
+        buf = io.BytesIO()
+        np.savez(buf, distance=distance, knots=knots, meta=np.array(json.dumps(meta)))
+        artifacts.write_bytes(path, buf.getvalue())
+        return atlas, True
+    finally:
+        lock.release()
 
 
 def training_atlas(images: torch.Tensor, data_dir: Path | None, log: Log = lambda _m: None) -> PenAtlas:

@@ -3,8 +3,9 @@
 Workers share nothing with the driver but Ray's object store. MNIST goes there once (the
 uint8 arrays the driver loaded and verified); each training task gets its run (config and
 name) plus, for an unfinished run, its checkpoint and metrics as bytes, trains in a
-temporary folder of its own and returns the run folder's files as bytes; the driver writes
-them with the same atomic writes and layout as `LocalExecutor`. A sweep is one task per
+temporary folder of its own and streams the run folder's files back as bytes after every
+epoch (a Ray generator task); the driver writes them with the same atomic writes and layout
+as `LocalExecutor`, so a driver that dies loses at most an epoch per run in flight. A sweep is one task per
 checkpoint returning its numbers; the driver builds the perturbed sets (its own cache),
 assembles the rows and writes the sweep folder (`evaluation.sweep` with Ray `scores`).
 
@@ -18,12 +19,14 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import re
 import socket
 import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -67,11 +70,13 @@ def run_files(folder: RunDir) -> tuple[Path, ...]:
 # --------------------------------------------------------------------------- worker side
 
 @dataclass(frozen=True)
-class TrainedRun:
-    """What a training task returns: the run folder's files, its seconds, where it ran."""
+class RunFiles:
+    """What a training task streams back: the run folder's files after each epoch, then once
+    more when the run is complete (with summary.json)."""
 
     files: dict[str, bytes]      # file name -> content (config.json, metrics.csv, ...)
-    seconds: float
+    final: bool                  # the run is complete
+    seconds: float               # wall seconds of this attempt so far
     worker: str                  # host:pid
 
 
@@ -83,22 +88,46 @@ def _split(arrays: MnistArrays) -> MnistSplit:
 
 
 def train_task(run: Run, files: dict[str, bytes], mnist: dict[str, MnistArrays],
-               threads: int) -> TrainedRun:
-    """Train (or resume) `run` in a temporary folder of this worker; return its files."""
-    from robustmnist.training import train
+               threads: int) -> Iterator[RunFiles]:
+    """Train (or resume) `run` in a temporary folder of this worker, yielding its files after
+    every epoch (a Ray generator task: the driver saves each epoch as it comes)."""
+    from robustmnist.training import Progress, train
 
-    torch.set_num_threads(threads)
+    snapshots: queue.Queue[RunFiles | BaseException] = queue.Queue()
+    worker = f"{socket.gethostname()}:{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix="robustmnist-") as tmp:
         folder = RunDir(Path(tmp) / run.folder.root.name)  # the same name: it is in the checkpoint
         artifacts.claim_dir(folder.root, "run folder")
         for name, data in files.items():
             (folder.root / name).write_bytes(data)
         t0 = time.perf_counter()
-        train(run.config, folder.root, resume=True, train_split=_split(mnist["train"]),
-              test_split=_split(mnist["test"]), variant=run.variant.name)
-        seconds = time.perf_counter() - t0
-        out = {p.name: p.read_bytes() for p in run_files(folder) if p.is_file()}
-    return TrainedRun(out, seconds, f"{socket.gethostname()}:{os.getpid()}")
+
+        def snapshot(final: bool) -> RunFiles:
+            return RunFiles({p.name: p.read_bytes() for p in run_files(folder) if p.is_file()},
+                            final, time.perf_counter() - t0, worker)
+
+        class Ship(Progress):
+            def end(self, row: dict[str, float]) -> None:  # the epoch's files are written
+                snapshots.put(snapshot(final=False))
+
+        def work() -> None:  # the trainer calls back; a thread lets this generator yield
+            try:
+                torch.set_num_threads(threads)
+                train(run.config, folder.root, resume=True, train_split=_split(mnist["train"]),
+                      test_split=_split(mnist["test"]), progress=Ship(), variant=run.variant.name)
+                snapshots.put(snapshot(final=True))
+            except BaseException as err:
+                snapshots.put(err)
+
+        trainer = threading.Thread(target=work, name="train", daemon=True)
+        trainer.start()
+        while not isinstance(item := snapshots.get(), BaseException):
+            yield item
+            if item.final:
+                break
+        trainer.join()
+        if isinstance(item, BaseException):
+            raise item
 
 
 def score_task(ckpt: Checkpoint, sets: tuple[list[PerturbedSet], np.ndarray], threads: int,
@@ -211,15 +240,16 @@ class RayExecutor:
         text = str(err)
         if missing := re.search(r"No module named '(robustmnist[\w.]*)'", text):
             return RobustMnistError(f"{what}: a Ray worker cannot import {missing[1]}; install "
-                                    f"robustmnist on every node of the cluster ({INSTALL_HINT}, "
-                                    "the same version as on this machine)")
+                                    "robustmnist, the version of this machine, on every node of "
+                                    'the cluster: pip install -e ".[ray]" in a copy of this source')
         cause = getattr(err, "cause", None)
         if isinstance(cause, RobustMnistError):
             return RobustMnistError(f"{what}: {cause}")
         if isinstance(err, ray.exceptions.WorkerCrashedError | ray.exceptions.NodeDiedError):
-            return RobustMnistError(f"{what}: its Ray worker died {self.max_retries + 1} times "
-                                    f"({type(err).__name__}); see `ray logs` on the node (out of "
-                                    "memory?)")
+            tries = self.max_retries + 1
+            return RobustMnistError(f"{what}: its Ray worker died ({type(err).__name__}), "
+                                    f"{tries} attempt{'s' if tries > 1 else ''} in all; see `ray "
+                                    "logs` on the node (out of memory?)")
         first = next((ln for ln in text.splitlines() if ln.strip()), type(err).__name__)
         return RobustMnistError(f"{what} failed on a Ray worker: {type(cause or err).__name__}: "
                                 f"{first[:300]}")
@@ -227,7 +257,7 @@ class RayExecutor:
     # ----------------------------------------------------------------- the Executor protocol
 
     def train(self, runs: Sequence[Run], data_dir: Path | None, on_done: OnRunDone) -> float:
-        """Every run as one task; each finished run written here, then `on_done`."""
+        """Every run as one task; its files written here after each epoch, `on_done` at its end."""
         from robustmnist.data import load_split
 
         t0 = time.perf_counter()
@@ -237,24 +267,29 @@ class RayExecutor:
         splits = {s: load_split(s, data_dir) for s in ("train", "test")}  # verified here, once
         mnist = ray.put({s: (m.images.numpy(), m.labels.numpy(), m.md5) for s, m in splits.items()})
         remote = ray.remote(train_task)
-        pending = {remote.options(**self._options(f"train:{run.folder.root.name}")).remote(
+        streams = {remote.options(**self._options(f"train:{run.folder.root.name}")).remote(
             run, _unfinished(run.folder), mnist, self.threads): run for run in runs}
         errors: list[RobustMnistError] = []
         try:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                run = pending.pop(ready[0])
+            while streams:
+                ready, _ = ray.wait(list(streams), num_returns=1)
+                run = streams[ready[0]]
                 try:
-                    result: TrainedRun = ray.get(ready[0])
+                    part: RunFiles = ray.get(next(ready[0]))
+                except StopIteration:
+                    del streams[ready[0]]
+                    continue
                 except Exception as err:  # the others go on; the first error is raised at the end
+                    del streams[ready[0]]
                     errors.append(self._explain(err, f"training {run.folder.root}"))
                     continue
-                _write_run(run.folder, result.files)
-                self.workers[run.folder.root] = result.worker
-                on_done(run.folder.root, result.seconds)
+                _write_run(run.folder, part.files)  # every epoch: a driver crash loses little
+                if part.final:
+                    self.workers[run.folder.root] = part.worker
+                    on_done(run.folder.root, part.seconds)
         except BaseException:  # Ctrl-C: stop the cluster's work for this study too
-            for ref in pending:
-                ray.cancel(ref, force=True)
+            for stream in streams:
+                ray.cancel(stream, force=True)
             raise
         if errors:
             more = f" (and {len(errors) - 1} more failed runs)" if len(errors) > 1 else ""

@@ -21,7 +21,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from robustmnist import RobustMnistError, data
+from robustmnist import RobustMnistError, artifacts, data
 from robustmnist.checkpoint import load_checkpoint
 from robustmnist.cli import app
 from robustmnist.executors import LocalExecutor, make_executor
@@ -112,7 +112,7 @@ def ray_cluster():
 def ray_executor(**kw):
     from robustmnist.ray_executor import RayExecutor
 
-    return RayExecutor(cpus_per_run=1, **kw)
+    return RayExecutor(**{"cpus_per_run": 1, **kw})
 
 
 def assert_same_study(a: Experiment, b: Experiment) -> None:
@@ -228,6 +228,7 @@ def test_unfinished_run_is_shipped_and_resumed(tmp_path, reference, ray_cluster)
                 raise KeyboardInterrupt
 
     exp = study(tmp_path)
+    artifacts.claim_dir(exp.output)  # as an interrupted `robustmnist run` leaves it
     run = exp.runs()[1]
     with pytest.raises(KeyboardInterrupt):
         train(run.config, run.folder.root, progress=StopAfter(), variant=run.variant.name)
@@ -289,33 +290,49 @@ def test_worker_killed_mid_run_is_retried(tmp_path, reference, ray_cluster):
     assert_same_study(reference, exp)
 
 
+def epochs_saved(folder: RunDir) -> int:
+    """Epochs a run folder holds (metrics rows next to a checkpoint); EPOCHS + 1 once complete."""
+    if not folder.checkpoint.is_file():
+        return 0
+    try:
+        rows = len(folder.metrics.read_text().splitlines()) - 1
+    except OSError:
+        return 0
+    return rows + folder.summary.is_file()
+
+
 @needs_ray
 def test_driver_killed_mid_study_then_rerun_continues(tmp_path, reference, ray_cluster, tiny_mnist):
-    """SIGKILL a `robustmnist run --executor ray` driver once its first run is written; running
-    it again trains only what is missing and ends with the same numbers."""
+    """SIGKILL a `robustmnist run --executor ray` driver once one run is complete and another
+    has saved some epochs; running it again keeps the first, resumes the second from its saved
+    epochs and ends with the same numbers."""
     exp = study(tmp_path)
+    folders = [r.folder for r in exp.runs()]
     driver = ("import json, sys; from robustmnist import data; data.MD5 = json.loads(sys.argv[1]); "
               "from robustmnist.cli import app; app(sys.argv[2:])")
     cmd = [sys.executable, "-c", driver, json.dumps(data.MD5), "run", str(exp.source),
            "--out", str(exp.output), "--executor", "ray", "--address", ray_cluster]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    assert proc.stderr is not None
-    for line in proc.stderr:  # the study's progress, one line per finished run
-        lines.append(line)
-        if line.startswith("[1/4]"):
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        saved = [epochs_saved(f) for f in folders]
+        if EPOCHS + 1 in saved and any(0 < n <= EPOCHS for n in saved):
             proc.send_signal(signal.SIGKILL)
             break
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, "".join(lines)
-    finished = [r.folder for r in exp.runs() if r.folder.checkpoint.is_file()
-                and load_checkpoint(r.folder.checkpoint).complete]
-    assert 1 <= len(finished) < 4
+        time.sleep(0.02)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, stderr
+    finished = [f for f in folders if epochs_saved(f) == EPOCHS + 1]
+    partial = {f.root: f.metrics.read_text() for f in folders if 0 < epochs_saved(f) <= EPOCHS}
     stamps = {f.root: f.checkpoint.stat().st_mtime_ns for f in finished}
+    assert finished and partial
 
     outcome = run_experiment(exp, ray_executor())
     assert outcome.trained == 4 - len(finished)
     assert {f.root: f.checkpoint.stat().st_mtime_ns for f in finished} == stamps  # not retrained
+    for root, before in partial.items():  # resumed: the saved epochs keep their own timings
+        rows = before.splitlines()
+        assert RunDir(root).metrics.read_text().splitlines()[:len(rows)] == rows
     assert_same_study(reference, exp)
 
 

@@ -135,7 +135,7 @@ def test_photo_is_deterministic_and_pen_adds_ink(tiny_arrays):
     np.testing.assert_array_equal(a.photograph(0.1), b.photograph(0.1))
     photo = a.photograph(0.1)
     assert photo.dtype == np.float32 and photo.shape == (a.side, a.side)
-    assert 0.0 <= photo.min() and photo.max() <= 1.0
+    assert photo.min() >= 0.0 and photo.max() <= 1.0
     assert a.ink(0.05).sum() < a.ink(0.1).sum() < a.ink(0.2).sum()
     # Written height (ink outside to outside) is PHOTO_DIGIT_PX whatever the pen.
     for fraction in (0.05, 0.2):

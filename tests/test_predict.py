@@ -1,10 +1,26 @@
+import io
+import struct
+import time
+import zlib
+
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from robustmnist.predict import ImageError, centre_of_mass, expand_inputs, load_gray, mnistify
-from robustmnist.synthetic import FONTS, draw_photo, save_jpeg
+from robustmnist import RobustMnistError
+from robustmnist.predict import (
+    CENTRE,
+    MAX_PIXELS,
+    WORK_SIDE,
+    ImageError,
+    Preprocessed,
+    centre_of_mass,
+    expand_inputs,
+    load_gray,
+    mnistify,
+)
+from robustmnist.synthetic import FONTS, LIGHTINGS, Lighting, draw_photo, jpeg_bytes, mnist_photo, save_jpeg
 
 
 def _photo_file(tmp_path, digit=3, pen=2.5, **kw):
@@ -17,6 +33,18 @@ def _ink_box(image, threshold=10):
     return ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
 
 
+def _mae(a, b):
+    return float(np.abs(a.astype(int) - b.astype(int)).mean())
+
+
+@pytest.fixture(scope="module")
+def mnist_like(tiny_arrays):
+    """Ten MNIST-normalised digits (20-px box, centre of mass on (14, 14)), light on black."""
+    digits, labels = tiny_arrays["test"]
+    big = [cv2.resize(d, (112, 112), interpolation=cv2.INTER_CUBIC) for d in digits[:10]]
+    return [mnistify(b).image for b in big], labels[:10]
+
+
 @pytest.mark.parametrize("digit", range(10))
 @pytest.mark.parametrize("pen", [1.0, 2.5, 4.5])
 @pytest.mark.parametrize("font", FONTS[:2])
@@ -25,24 +53,90 @@ def test_preprocessing_is_mnist_like(tmp_path, digit, pen, font):
     image = pre.image
     assert image.shape == (28, 28) and image.dtype == np.uint8 and pre.inverted
     cy, cx = centre_of_mass(image)
-    assert abs(cy - 13.5) <= 1 and abs(cx - 13.5) <= 1
-    h, w = _ink_box(image, threshold=0)
+    assert abs(cy - CENTRE) <= 0.15 and abs(cx - CENTRE) <= 0.15  # sub-pixel centring on 14.0
+    h, w = _ink_box(image, threshold=127)  # the pen's own edge: 20 px, as in MNIST
     assert h <= 20 and w <= 20 and max(h, w) >= 18
-    assert image.max() >= 240 and np.mean(image == 0) > 0.5  # black background, full ink
+    h, w = _ink_box(image, threshold=10)   # + the anti-aliased rim of a sub-pixel placement
+    assert h <= 21 and w <= 21
+    assert image.max() == 255 and np.mean(image == 0) > 0.5  # black background, full ink
+
+
+@pytest.mark.parametrize("lighting", LIGHTINGS)
+def test_mnist_digit_survives_a_photo(mnist_like, lighting):
+    """An MNIST-normalised digit, photographed dim, over-exposed, low-contrast or light-on-dark
+    and read back, is the same digit: polarity from contrast (not from brightness against 0.5,
+    which read a dim photo as light ink), centre (14, 14) not (13.5, 13.5), 20-px box."""
+    rng = np.random.default_rng(7)
+    light_ink = LIGHTINGS[lighting].ink > LIGHTINGS[lighting].paper
+    for digit in mnist_like[0]:
+        photo = cv2.imdecode(np.frombuffer(jpeg_bytes(mnist_photo(digit, rng, LIGHTINGS[lighting])),
+                                           np.uint8), cv2.IMREAD_GRAYSCALE)
+        pre = mnistify(photo.astype(np.float32) / 255)
+        assert pre.inverted is not light_ink
+        assert _mae(pre.image, digit) < 9, lighting
+        assert np.allclose(centre_of_mass(pre.image), CENTRE, atol=0.15)
+
+
+@pytest.mark.parametrize("paper", [0.15, 0.3, 0.45, 0.6, 0.8, 1.0])
+@pytest.mark.parametrize("dark_ink", [True, False])
+def test_polarity_follows_contrast_not_brightness(mnist_like, paper, dark_ink):
+    contrast = 0.12  # low contrast at every brightness, with a shading gradient
+    ink = paper - contrast if dark_ink else paper + contrast
+    if not 0 <= ink <= 1:
+        pytest.skip("ink out of range")
+    photo = mnist_photo(mnist_like[0][4], np.random.default_rng(1),
+                        Lighting(paper=paper, ink=ink, gradient=0.15, noise=0.008))
+    pre = mnistify(photo.astype(np.float32) / 255)
+    assert pre.inverted is dark_ink
+    assert _mae(pre.image, mnist_like[0][4]) < 9
+
+
+def test_mnist_digit_itself_passes_through(mnist_like):
+    """A 28x28 MNIST-style input (e.g. from `data export`) comes back nearly unchanged."""
+    for digit in mnist_like[0]:
+        pre = mnistify(digit)  # uint8 is accepted and scaled by 255
+        assert not pre.inverted and _mae(pre.image, digit) < 8
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.3, 0.5, 0.8])
+def test_centre_of_mass_is_sub_pixel(offset):
+    """The shift is finer than a pixel and adds no blur (a whole-pixel shift leaves up to
+    0.5 px of error; bilinear resampling would smear the strokes)."""
+    photo = np.zeros((280, 200), np.float32)
+    photo[40:240, 60 + int(offset * 10):90 + int(offset * 10)] = 1  # a "1", 200 px tall
+    photo[40:70, 30:140] = 1                                       # with a flag
+    image = mnistify(photo).image
+    assert np.allclose(centre_of_mass(image), CENTRE, atol=0.1)
+    assert np.mean((image > 0) & (image < 255)) < 0.15  # crisp edges, mostly 0 or 255
+
+
+def test_ink_box_is_in_the_input_pixels():
+    photo = np.zeros((3 * WORK_SIDE, 2 * WORK_SIDE), np.float32)
+    photo[300:1200, 450:600] = 1.0
+    x, y, w, h = mnistify(photo).ink_box
+    assert abs(x - 450) <= 4 and abs(y - 300) <= 4 and abs(w - 150) <= 6 and abs(h - 900) <= 6
 
 
 def test_grid_and_shadow_do_not_become_ink(tmp_path):
     plain = mnistify(load_gray(_photo_file(tmp_path, 7, 2.5))).image
     gridded = mnistify(load_gray(_photo_file(tmp_path, 7, 2.5, grid=True))).image
     # the same digit (same seed): the grid must not change what the model sees much
-    assert np.abs(plain.astype(int) - gridded.astype(int)).mean() < 12
+    assert _mae(plain, gridded) < 12
+
+
+def test_shading_gradient_alone_is_not_ink():
+    """The paper estimate must follow a gradient up to the border (an opening that sees one
+    side only lags it, and the bright edge became a "1")."""
+    ramp = np.tile(np.linspace(0.2, 1.0, 300, dtype=np.float32), (300, 1))
+    for image in (ramp, ramp.T, 1.2 - ramp):
+        with pytest.raises(ImageError, match="no digit found"):
+            mnistify(image)
 
 
 def test_light_ink_on_dark_is_detected(tmp_path):
     pre = mnistify(load_gray(_photo_file(tmp_path, 5, 2.5, light_ink=True)))
     assert not pre.inverted
-    cy, cx = centre_of_mass(pre.image)
-    assert abs(cy - 13.5) <= 1 and abs(cx - 13.5) <= 1
+    assert np.allclose(centre_of_mass(pre.image), CENTRE, atol=0.15)
 
 
 def test_sixteen_bit_alpha_and_animated_inputs(tmp_path):
@@ -57,9 +151,38 @@ def test_sixteen_bit_alpha_and_animated_inputs(tmp_path):
     Image.fromarray(photo).save(tmp_path / "x.webp")
     Image.fromarray(photo).save(tmp_path / "x.tiff")
     Image.fromarray(photo).save(tmp_path / "x.bmp")
-    for name in ("deep.png", "alpha.png", "anim.gif", "x.webp", "x.tiff", "x.bmp"):
+    Image.fromarray(np.stack([photo] * 3, -1)).save(tmp_path / "x.ppm")
+    for name in ("deep.png", "alpha.png", "anim.gif", "x.webp", "x.tiff", "x.bmp", "x.ppm"):
         image = mnistify(load_gray(tmp_path / name), name=name).image
-        assert np.abs(image.astype(int) - reference.astype(int)).mean() < 12, name
+        assert _mae(image, reference) < 12, name
+
+
+def test_twelve_bit_data_in_a_sixteen_bit_png(tmp_path):
+    """Scaled by its own bit depth: divided by 65535 a 12-bit scan (max 4095) read as "no ink"."""
+    photo = draw_photo(6, 2.5, np.random.default_rng(2))
+    reference = mnistify(photo.astype(np.float32) / 255).image
+    Image.fromarray((photo.astype(np.uint32) * 4095 // 255).astype(np.uint16)).save(tmp_path / "d.png")
+    gray = load_gray(tmp_path / "d.png")
+    assert gray.max() > 0.9
+    assert _mae(mnistify(gray).image, reference) < 3
+
+
+@pytest.mark.parametrize("colour", ["white", "black", "red"])
+@pytest.mark.parametrize("hidden", ["zeros", "noise"])
+def test_ink_on_a_transparent_background(tmp_path, colour, hidden):
+    """One-colour ink whose shape is in the alpha channel (composited onto white, white ink
+    vanished); whatever RGB the transparent pixels hold."""
+    photo = draw_photo(4, 2.5, np.random.default_rng(3))
+    reference = mnistify(photo.astype(np.float32) / 255).image
+    rgba = np.zeros((*photo.shape, 4), np.uint8)
+    if hidden == "noise":
+        rgba[..., :3] = np.random.default_rng(4).integers(0, 256, (*photo.shape, 3))
+    alpha = 255 - photo.astype(int)
+    rgb = {"white": (255, 255, 255), "black": (0, 0, 0), "red": (200, 20, 20)}[colour]
+    rgba[alpha > 127, :3] = rgb
+    rgba[..., 3] = alpha
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "clear.png")
+    assert _mae(mnistify(load_gray(tmp_path / "clear.png")).image, reference) < 12
 
 
 def test_huge_image_is_downscaled(tmp_path):
@@ -67,6 +190,63 @@ def test_huge_image_is_downscaled(tmp_path):
     gray = load_gray(save_jpeg(tmp_path / "huge.jpg", photo))
     assert max(gray.shape) <= 1024
     assert mnistify(gray).image.max() >= 240
+
+
+def _png_header_only(width, height):
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def _claiming(fmt, width, height):
+    """A tiny file of `fmt` whose header claims width x height pixels."""
+    if fmt == "png":
+        return _png_header_only(width, height)
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(buf, {"jpg": "JPEG"}.get(fmt, fmt.upper()))
+    data = bytearray(buf.getvalue())
+    if fmt == "jpg":
+        sof = data.index(b"\xff\xc0")
+        data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    elif fmt == "bmp":
+        data[18:26] = struct.pack("<ii", width, height)
+    elif fmt == "gif":
+        data[6:10] = struct.pack("<HH", width, height)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "bmp", "gif"])
+@pytest.mark.parametrize("side", [8000, 12000])
+def test_pixel_count_is_checked_before_decoding(tmp_path, fmt, side):
+    """A few bytes claiming 64-144 megapixels are refused from the header alone (a 196-byte PNG
+    claiming 12000x12000 was decoded in full: 1.8 GB, many seconds)."""
+    path = tmp_path / f"bomb.{fmt}"
+    path.write_bytes(_claiming(fmt, side, side))
+    assert path.stat().st_size < 1000 and side * side > MAX_PIXELS
+    start = time.perf_counter()
+    with pytest.raises(ImageError, match=r"megapixels.*downscale it first") as info:
+        load_gray(path)
+    assert time.perf_counter() - start < 0.5
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("name", "image"), [
+    ("2x2", np.array([[0.0, 1.0], [1.0, 0.0]])),
+    ("7x100 strip", np.tile(np.linspace(0, 1, 100), (7, 1))),
+    ("blank", np.full((120, 90), 0.8)),
+    ("blank black", np.zeros((50, 50))),
+    ("uniform noise", np.random.default_rng(0).random((300, 300))),
+    ("gaussian noise", np.clip(0.6 + 0.1 * np.random.default_rng(1).standard_normal((200, 300)), 0, 1)),
+    ("salt and pepper", (np.random.default_rng(2).random((200, 200)) < 0.3).astype(float)),
+    ("checkerboard", (np.indices((200, 200)).sum(0) // 10 % 2).astype(float)),
+    ("fine texture", (np.indices((200, 200))[1] // 4 % 2).astype(float)),
+    ("faint", np.pad(np.full((60, 8), 0.79), 70, constant_values=0.8)),
+])
+def test_no_digit_is_refused_not_guessed(name, image):
+    """A 2x2 image or pure noise got a confident digit."""
+    with pytest.raises(ImageError, match="no digit found"):
+        mnistify(image.astype(np.float32), name=name)
 
 
 def test_bad_inputs(tmp_path):
@@ -79,8 +259,13 @@ def test_bad_inputs(tmp_path):
     (tmp_path / "cut.jpg").write_bytes(good[: len(good) // 3])
     with pytest.raises(ImageError, match="truncated"):
         load_gray(tmp_path / "cut.jpg")
-    with pytest.raises(ImageError, match="no ink"):
-        mnistify(np.full((100, 80), 0.8, np.float32))
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "icon.ico")
+    with pytest.raises(ImageError, match="not a readable image"):  # only the listed decoders run
+        load_gray(tmp_path / "icon.ico")
+    with pytest.raises(ImageError, match="2-D"):
+        mnistify(np.zeros((30, 30, 3), np.float32))
+    with pytest.raises(ImageError, match="NaN"):
+        mnistify(np.full((30, 30), np.nan, np.float32))
 
 
 def test_normalize_thickness_redraws_strokes(tmp_path):
@@ -98,6 +283,91 @@ def test_expand_inputs(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     assert expand_inputs([str(tmp_path)]) == sorted([a, b])
     assert expand_inputs([str(tmp_path / "d1*.jpg")]) == [a]
+
+
+# --------------------------------------------------------------------------- property-based
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+_SETTINGS = settings(max_examples=60, deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def _read(path):
+    """load_gray + mnistify: a Preprocessed, or an ImageError (a RobustMnistError)."""
+    try:
+        pre = mnistify(load_gray(path), name=str(path))
+    except ImageError as err:
+        assert isinstance(err, RobustMnistError) and "\n" not in str(err) and str(path) in str(err)
+        return None
+    assert isinstance(pre, Preprocessed) and pre.image.shape == (28, 28) and pre.image.dtype == np.uint8
+    return pre
+
+
+_MAGIC = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"GIF89a", b"BM", b"II*\x00", b"RIFF"]
+
+
+@_SETTINGS
+@given(magic=st.sampled_from(_MAGIC), body=st.binary(max_size=600))
+def test_random_bytes_give_a_result_or_an_image_error(tmp_path, magic, body):
+    path = tmp_path / "random.img"
+    path.write_bytes(magic + body)
+    _read(path)
+
+
+@_SETTINGS
+@given(image=hnp.arrays(np.uint8, st.tuples(st.integers(1, 40), st.integers(1, 40),
+                                            st.sampled_from([1, 2, 3, 4]))),
+       fmt=st.sampled_from(["PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF"]),
+       damage=st.sampled_from(["none", "cut", "flip"]))
+def test_random_small_images_give_a_result_or_an_image_error(tmp_path, image, fmt, damage):
+    """Arbitrary small grey / grey+alpha / RGB / RGBA arrays in every format, whole, cut in
+    half, or with one byte flipped."""
+    pixels = image[..., 0] if image.shape[2] == 1 else image
+    buf = io.BytesIO()
+    try:
+        Image.fromarray(pixels).save(buf, fmt)
+    except (OSError, ValueError, KeyError):
+        assume(False)  # a mode this format cannot store
+    data = bytearray(buf.getvalue())
+    if damage == "cut":
+        data = data[: len(data) // 2]
+    elif damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    path = tmp_path / f"x.{fmt.lower()}"
+    path.write_bytes(bytes(data))
+    _read(path)
+
+
+@_SETTINGS
+@given(image=hnp.arrays(st.sampled_from([np.float32, np.float64, np.uint8, np.uint16, np.bool_]),
+                        hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=64)))
+def test_random_arrays_give_a_result_or_an_image_error(image):
+    try:
+        pre = mnistify(image)
+    except ImageError:
+        return
+    assert pre.image.shape == (28, 28) and pre.image.dtype == np.uint8
+
+
+@pytest.mark.realdata
+def test_real_mnist_digits_survive_photos():
+    """200 MNIST test digits photographed (every lighting) and read back are the originals:
+    centre of mass on MNIST's (14, 14), 20-px box, small pixel error (a model's accuracy on
+    them is in benchmarks/predict_photos.py)."""
+    from robustmnist.data import load_split
+
+    digits = load_split("test").images[:200, 0].numpy()
+    rng = np.random.default_rng(0)
+    for lighting in LIGHTINGS.values():
+        read = np.stack([mnistify(mnist_photo(d, rng, lighting).astype(np.float32) / 255).image
+                         for d in digits])
+        assert np.mean([_mae(r, d) for r, d in zip(read, digits, strict=True)]) < 8
+        centres = np.array([centre_of_mass(r) for r in read])
+        assert np.abs(centres - CENTRE).max() < 0.15
 
 
 @pytest.mark.slow
