@@ -165,7 +165,7 @@ def _resolve(base: Path, spec: str) -> Path:
     path = Path(spec).expanduser()
     if path.is_absolute() or base.resolve() == PRESETS_DIR.resolve():
         return path
-    return base / path if str(base) != "." else path
+    return Path(os.path.normpath(base / path))
 
 
 def _parse_seeds(path: Path, seeds: list[Any]) -> tuple[int, ...]:

@@ -50,8 +50,9 @@ from __future__ import annotations
 import glob
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -60,6 +61,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from robustmnist import RobustMnistError
 from robustmnist.layout import RunDir
+
+if TYPE_CHECKING:
+    from robustmnist.checkpoint import Classifier
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 FORMATS = ("PNG", "JPEG", "BMP", "DIB", "TIFF", "WEBP", "GIF", "PPM")  # the only decoders tried
@@ -75,6 +79,7 @@ MAX_INK_FRACTION = 0.5     # ink covering more of the image than this is not a d
 BOX = 20                   # MNIST's size-normalisation box, px
 SIDE = 28
 CENTRE = 14.0              # where MNIST's centre of mass sits (row, col pixel index)
+PREDICT_BATCH = 32         # photos per model call in predict_files
 EDGE_GAIN = 3.0            # ink map sharpened around the pen's half level (1 = as is, inf = bilevel)
 
 
@@ -107,7 +112,9 @@ def load_gray(path: Path) -> np.ndarray:
         raise ImageError(f"{path}: file not found")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below
+            # Pillow warns about corrupt EXIF and large sizes; the former is harmless here and
+            # the latter refused below, so neither reaches the user.
+            warnings.simplefilter("ignore")
             with Image.open(path, formats=FORMATS) as img:
                 width, height = img.size  # from the header: nothing decoded yet
                 if width * height > MAX_PIXELS:
@@ -463,15 +470,14 @@ def predict_files(checkpoints: Sequence[Path], specs: Sequence[str], *,
     if save_dir is not None:
         artifacts.claim_dir(save_dir, "--save-preprocessed folder")
     used: set[str] = set()
+    pending: list[PhotoResult] = []  # read, waiting for the models (asked once per batch)
     for path in paths:
         try:
             gray = load_gray(path)
             pre = mnistify(gray, normalize_thickness, name=str(path))
         except ImageError as e:
-            yield PhotoResult(path, None, [], str(e))
+            pending.append(PhotoResult(path, None, [], str(e)))
             continue
-        x = torch.from_numpy(pre.image)[None, None]
-        probs = [m.log_proba(x).exp()[0].cpu().numpy() for m in models]
         saved = []
         if save_dir is not None:
             stem = _unique_stem(path, used)
@@ -479,8 +485,27 @@ def predict_files(checkpoints: Sequence[Path], specs: Sequence[str], *,
             for suffix, view in views:
                 artifacts.write_bytes(save_dir / f"{stem}{suffix}", cv2.imencode(".png", view)[1].tobytes())
                 saved.append(save_dir / f"{stem}{suffix}")
-        yield PhotoResult(path, pre, [rank(m.name, p) for m, p in zip(models, probs, strict=True)],
-                          saved=saved)
+        pending.append(PhotoResult(path, pre, [], saved=saved))
+        if sum(r.preprocessed is not None for r in pending) == PREDICT_BATCH:
+            yield from _ask(models, pending)
+            pending = []
+    yield from _ask(models, pending)
+
+
+def _ask(models: Sequence[Classifier], results: list[PhotoResult]) -> Iterator[PhotoResult]:
+    """`results` in order, the read ones with every model's prediction (one batch per model:
+    a model call costs about as much for 32 digits as for one)."""
+    images = [r.preprocessed.image for r in results if r.preprocessed is not None]
+    if images:
+        x = torch.from_numpy(np.stack(images))[:, None]                        # (B, 1, 28, 28)
+        probs = [m.log_proba(x).exp().cpu().numpy() for m in models]           # (B, 10) each
+    i = 0
+    for r in results:
+        if r.preprocessed is None:
+            yield r
+            continue
+        yield replace(r, predictions=[rank(m.name, p[i]) for m, p in zip(models, probs, strict=True)])
+        i += 1
 
 
 def _unique_stem(path: Path, used: set[str]) -> str:

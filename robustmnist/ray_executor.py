@@ -5,9 +5,9 @@ uint8 arrays the driver loaded and verified); each training task gets its run (c
 name) plus, for an unfinished run, its checkpoint and metrics as bytes, trains in a
 temporary folder of its own and streams the run folder's files back as bytes after every
 epoch (a Ray generator task); the driver writes them with the same atomic writes and layout
-as `LocalExecutor`, so a driver that dies loses at most an epoch per run in flight. A sweep is one task per
-checkpoint returning its numbers; the driver builds the perturbed sets (its own cache),
-assembles the rows and writes the sweep folder (`evaluation.sweep` with Ray `scores`).
+as `LocalExecutor`, so a driver that dies loses at most an epoch per run in flight. A sweep
+is one task per checkpoint returning its numbers; the driver builds the perturbed sets (its
+own cache), assembles the rows and writes the sweep folder (`evaluation.sweep`, Ray `scores`).
 
 Tasks declare ``num_cpus`` (also their torch threads) and ``num_gpus`` (fractions share a GPU).
 Ray re-runs a task whose worker died (``max_retries``); an error of robustmnist itself is not
@@ -63,8 +63,9 @@ def require_ray() -> ModuleType:
 
 
 def run_files(folder: RunDir) -> tuple[Path, ...]:
-    """A run's files in the order the trainer writes them (checkpoint after metrics)."""
-    return folder.config, folder.metrics, folder.checkpoint, folder.summary
+    """A run's files in the order the driver writes them: the checkpoint last, since its epoch
+    (and ``complete``) says which metrics rows count and whether the run is done."""
+    return folder.config, folder.metrics, folder.summary, folder.checkpoint
 
 
 # --------------------------------------------------------------------------- worker side
@@ -108,7 +109,8 @@ def train_task(run: Run, files: dict[str, bytes], mnist: dict[str, MnistArrays],
 
         class Ship(Progress):
             def end(self, row: dict[str, float]) -> None:  # the epoch's files are written
-                snapshots.put(snapshot(final=False))
+                if row["epoch"] < run.config.epochs:  # the last one goes with summary.json
+                    snapshots.put(snapshot(final=False))
 
         def work() -> None:  # the trainer calls back; a thread lets this generator yield
             try:
@@ -351,7 +353,7 @@ def _unfinished(folder: RunDir) -> dict[str, bytes]:
 
 
 def _write_run(folder: RunDir, files: dict[str, bytes]) -> None:
-    """A worker's run files into `folder`, atomically, in the trainer's order."""
+    """A worker's run files into `folder`, atomically, the checkpoint last (`run_files`)."""
     artifacts.claim_dir(folder.root, "run folder")
     with artifacts.folder_lock(folder.root, "run folder"):
         for path in run_files(folder):

@@ -4,7 +4,6 @@ executor; faults are made by killing real processes (a Ray worker, a `robustmnis
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -29,7 +28,16 @@ from robustmnist.experiments import Experiment, load_experiment, run_experiment
 from robustmnist.layout import RunDir
 from robustmnist.ray_executor import check_reachable
 
-HAVE_RAY = importlib.util.find_spec("ray") is not None
+
+def _have_ray() -> bool:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+HAVE_RAY = _have_ray()
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason='ray is not installed (pip install -e ".[ray]")')
 
 EPOCHS = 6  # long enough (~2 s a run) to kill a worker in the middle of one
@@ -290,15 +298,11 @@ def test_worker_killed_mid_run_is_retried(tmp_path, reference, ray_cluster):
     assert_same_study(reference, exp)
 
 
-def epochs_saved(folder: RunDir) -> int:
-    """Epochs a run folder holds (metrics rows next to a checkpoint); EPOCHS + 1 once complete."""
-    if not folder.checkpoint.is_file():
-        return 0
+def metrics_rows(folder: RunDir) -> int:
     try:
-        rows = len(folder.metrics.read_text().splitlines()) - 1
+        return len(folder.metrics.read_text().splitlines()) - 1
     except OSError:
         return 0
-    return rows + folder.summary.is_file()
 
 
 @needs_ray
@@ -313,25 +317,38 @@ def test_driver_killed_mid_study_then_rerun_continues(tmp_path, reference, ray_c
     cmd = [sys.executable, "-c", driver, json.dumps(data.MD5), "run", str(exp.source),
            "--out", str(exp.output), "--executor", "ray", "--address", ray_cluster]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+
+    def read_progress() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+
+    reader = threading.Thread(target=read_progress, daemon=True)
+    reader.start()
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and proc.poll() is None:
-        saved = [epochs_saved(f) for f in folders]
-        if EPOCHS + 1 in saved and any(0 < n <= EPOCHS for n in saved):
+        # "[k/4]" is logged once a run's last files are written; a run 1..EPOCHS-2 epochs in
+        # cannot finish in the moment it takes to kill the driver.
+        if (any(line.startswith("[") for line in lines)
+                and any(0 < metrics_rows(f) <= EPOCHS - 2 for f in folders)):
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.02)
-    _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, stderr
-    finished = [f for f in folders if epochs_saved(f) == EPOCHS + 1]
-    partial = {f.root: f.metrics.read_text() for f in folders if 0 < epochs_saved(f) <= EPOCHS}
-    stamps = {f.root: f.checkpoint.stat().st_mtime_ns for f in finished}
-    assert finished and partial
+    proc.wait(timeout=30)
+    reader.join(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "".join(lines)
+    saved = {f.root: load_checkpoint(f.checkpoint) for f in folders if f.checkpoint.is_file()}
+    finished = {root: root.joinpath("checkpoint.pt").stat().st_mtime_ns
+                for root, ckpt in saved.items() if ckpt.complete}
+    partial = {root: RunDir(root).metrics.read_text().splitlines()[:ckpt.epoch + 1]
+               for root, ckpt in saved.items() if not ckpt.complete}
+    assert finished and partial, "".join(lines)
 
     outcome = run_experiment(exp, ray_executor())
     assert outcome.trained == 4 - len(finished)
-    assert {f.root: f.checkpoint.stat().st_mtime_ns for f in finished} == stamps  # not retrained
-    for root, before in partial.items():  # resumed: the saved epochs keep their own timings
-        rows = before.splitlines()
+    assert {root: root.joinpath("checkpoint.pt").stat().st_mtime_ns for root in finished} == finished
+    for root, rows in partial.items():  # resumed: the saved epochs keep their own timings
         assert RunDir(root).metrics.read_text().splitlines()[:len(rows)] == rows
     assert_same_study(reference, exp)
 

@@ -1,3 +1,7 @@
+"""robustmnist.predict: photos read the way MNIST was made (fidelity, polarity, centring), every
+input format, hardening (decompression bombs, 12-bit, transparency, non-digits refused) and a
+property test: any bytes give a digit or an ImageError, nothing else."""
+
 import io
 import struct
 import time
@@ -6,6 +10,9 @@ import zlib
 import cv2
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from robustmnist import RobustMnistError
@@ -54,8 +61,8 @@ def test_preprocessing_is_mnist_like(tmp_path, digit, pen, font):
     assert image.shape == (28, 28) and image.dtype == np.uint8 and pre.inverted
     cy, cx = centre_of_mass(image)
     assert abs(cy - CENTRE) <= 0.15 and abs(cx - CENTRE) <= 0.15  # sub-pixel centring on 14.0
-    h, w = _ink_box(image, threshold=127)  # the pen's own edge: 20 px, as in MNIST
-    assert h <= 20 and w <= 20 and max(h, w) >= 18
+    h, w = _ink_box(image, threshold=127)  # the pen's own edge: 20 px, placed at a sub-pixel
+    assert h <= 21 and w <= 21 and max(h, w) >= 19  # offset, so its edge pixels may be half-inked
     h, w = _ink_box(image, threshold=10)   # + the anti-aliased rim of a sub-pixel placement
     assert h <= 21 and w <= 21
     assert image.max() == 255 and np.mean(image == 0) > 0.5  # black background, full ink
@@ -77,13 +84,11 @@ def test_mnist_digit_survives_a_photo(mnist_like, lighting):
         assert np.allclose(centre_of_mass(pre.image), CENTRE, atol=0.15)
 
 
-@pytest.mark.parametrize("paper", [0.15, 0.3, 0.45, 0.6, 0.8, 1.0])
+@pytest.mark.parametrize("paper", [0.15, 0.3, 0.45, 0.6, 0.75, 0.88])
 @pytest.mark.parametrize("dark_ink", [True, False])
 def test_polarity_follows_contrast_not_brightness(mnist_like, paper, dark_ink):
     contrast = 0.12  # low contrast at every brightness, with a shading gradient
     ink = paper - contrast if dark_ink else paper + contrast
-    if not 0 <= ink <= 1:
-        pytest.skip("ink out of range")
     photo = mnist_photo(mnist_like[0][4], np.random.default_rng(1),
                         Lighting(paper=paper, ink=ink, gradient=0.15, noise=0.008))
     pre = mnistify(photo.astype(np.float32) / 255)
@@ -223,7 +228,7 @@ def test_pixel_count_is_checked_before_decoding(tmp_path, fmt, side):
     claiming 12000x12000 was decoded in full: 1.8 GB, many seconds)."""
     path = tmp_path / f"bomb.{fmt}"
     path.write_bytes(_claiming(fmt, side, side))
-    assert path.stat().st_size < 1000 and side * side > MAX_PIXELS
+    assert path.stat().st_size < 2000 and side * side > MAX_PIXELS
     start = time.perf_counter()
     with pytest.raises(ImageError, match=r"megapixels.*downscale it first") as info:
         load_gray(path)
@@ -243,10 +248,14 @@ def test_pixel_count_is_checked_before_decoding(tmp_path, fmt, side):
     ("fine texture", (np.indices((200, 200))[1] // 4 % 2).astype(float)),
     ("faint", np.pad(np.full((60, 8), 0.79), 70, constant_values=0.8)),
 ])
-def test_no_digit_is_refused_not_guessed(name, image):
-    """A 2x2 image or pure noise got a confident digit."""
+def test_no_digit_is_refused_not_guessed(tmp_path, name, image):
+    """A 2x2 image or pure noise got a confident digit; as arrays and as PNG files."""
     with pytest.raises(ImageError, match="no digit found"):
         mnistify(image.astype(np.float32), name=name)
+    path = tmp_path / "x.png"
+    Image.fromarray(np.rint(image * 255).astype(np.uint8)).save(path)
+    with pytest.raises(ImageError, match=f"{path}: no digit found"):
+        mnistify(load_gray(path), name=str(path))
 
 
 def test_bad_inputs(tmp_path):
@@ -286,11 +295,6 @@ def test_expand_inputs(tmp_path):
 
 
 # --------------------------------------------------------------------------- property-based
-
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from hypothesis.extra import numpy as hnp  # noqa: E402
 
 _SETTINGS = settings(max_examples=60, deadline=None,
                      suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -389,3 +393,26 @@ def test_trained_model_reads_clean_synthetic_photos(tmp_path):
     predicted = model.log_proba(torch.from_numpy(images).unsqueeze(1)).argmax(1).numpy()
     accuracy = float(np.mean(predicted == labels))
     assert accuracy > 0.6
+
+
+def test_predict_files_batches_the_models_and_keeps_the_order(tmp_path, tiny_run, monkeypatch):
+    """Photos are asked in batches (one model call per batch, not per photo: ~30 ms a call on
+    a busy 2-core CPU); results still come one per input, in order, errors in place."""
+    import torch
+
+    from robustmnist import predict
+    from robustmnist.checkpoint import Classifier, load_checkpoint
+
+    monkeypatch.setattr(predict, "PREDICT_BATCH", 2)
+    files = [_photo_file(tmp_path, d) for d in (1, 2)]
+    (tmp_path / "bad.png").write_text("x")
+    files += [tmp_path / "bad.png"] + [_photo_file(tmp_path, d) for d in (3, 4, 5)]
+    results = list(predict.predict_files([tiny_run], [str(f) for f in files]))
+    assert [r.path for r in results] == files
+    assert [r.error is None for r in results] == [True, True, False, True, True, True]
+    model = Classifier.from_checkpoint(load_checkpoint(tiny_run))
+    for r in results:
+        if r.preprocessed is not None:
+            alone = model.log_proba(torch.from_numpy(r.preprocessed.image)[None, None]).exp()[0]
+            assert r.predictions[0].digit == int(alone.argmax())
+            assert r.predictions[0].probability == pytest.approx(float(alone.max()), abs=1e-5)
