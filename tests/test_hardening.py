@@ -315,3 +315,26 @@ def test_random_experiment_tables_give_an_experiment_or_a_clear_error(tmp_path, 
         assert "\n" not in str(err).strip() and str(path) in str(err)
     else:
         assert exp.runs() and all(r.config.validate() for r in exp.runs())
+
+
+def test_pool_workers_stop_when_the_driver_is_killed():
+    """A killed `run --jobs N` must not leave its workers training on as orphans."""
+    import subprocess
+    import sys
+    import time
+
+    worker = ("import os, time; from robustmnist.executors import _exit_with_parent; "
+              "_exit_with_parent(os.getppid(), 0.05); time.sleep(30)")
+    driver = ("import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', %r]); "
+              "print(p.pid, flush=True)" % worker)  # exits at once: the worker loses its parent
+    out = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, check=True)
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(pid, 9)
+    raise AssertionError("the orphaned worker kept running")
