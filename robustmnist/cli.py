@@ -309,7 +309,7 @@ def augment_preview(
     images = load_split("train", data_dir, log=logger(quiet)).images[:digits]
     fig, deltas = preview_figure(images, config, draws, seed)
     save(fig, out_png)
-    out.print(f"wrote {out_png} ({len(images)} digits x {draws} draws; mean |delta| "
+    out.print(f"wrote {out_png} ({len(images)} digits x {draws} draws; mean |stroke change| "
               f"{float(abs(deltas).mean()):.2f} px)")
 
 

@@ -27,7 +27,14 @@ from robustmnist import RobustMnistError, artifacts
 from robustmnist.checkpoint import Checkpoint, Classifier, load_checkpoint
 from robustmnist.data import MD5, MnistSplit, load_split
 from robustmnist.layout import RunDir, SweepDir
-from robustmnist.perturb import DEFAULT_LEVELS, FAMILIES, PerturbedSet, check_level, load_or_build
+from robustmnist.perturb import (
+    DEFAULT_LEVELS,
+    FAMILIES,
+    PerturbedSet,
+    check_level,
+    load_or_build,
+    load_or_build_levels,
+)
 
 CLASS_COLUMNS = [f"acc_class_{c}" for c in range(10)]
 REQUIRED_COLUMNS = ("run", "variant", "seed", "family", "level", "accuracy")
@@ -65,6 +72,24 @@ def test_set(family: str, level: float, data_dir: Path | None = None,
         log(f"built {family} {level:g} in {time.perf_counter() - t0:.1f}s "
             f"(measured {pset.mean_thickness:.2f} px, ink {pset.mean_ink_ratio:.2f})")
     return pset, test.labels.numpy()
+
+
+def family_sets(family: str, levels: Sequence[float], data_dir: Path | None = None,
+                cache_dir: Path | None = None, log: Log = _quiet,
+                test: MnistSplit | None = None) -> list[PerturbedSet]:
+    """Every level of one family: the cached ones loaded, the missing ones built together
+    (each digit's skeleton or upscaling computed once for all of them)."""
+    test = test or load_split("test", data_dir, log=log)
+    t0 = time.perf_counter()
+    results = load_or_build_levels(test.images[:, 0].numpy(), family, levels,
+                                   MD5["t10k-images-idx3-ubyte"],
+                                   cache_dir if cache_dir is not None else cache_dir_of(data_dir))
+    built = [p for p, was_built in results if was_built]
+    if built:
+        log(f"built {family} {', '.join(f'{p.level:g}' for p in built)} in "
+            f"{time.perf_counter() - t0:.1f}s (measured "
+            f"{', '.join(f'{p.mean_thickness:.2f}' for p in built)} px)")
+    return [p for p, _ in results]
 
 
 def parse_levels(families: Sequence[str], levels: Sequence[float] | None) -> dict[str, list[float]]:
@@ -158,7 +183,8 @@ def sweep(checkpoints: Sequence[Path], families: dict[str, list[float]], *,
     sets = [(family, float(level)) for family, levels in [("clean", [0.0]), *families.items()]
             for level in levels]
     test = load_split("test", data_dir, log=log)
-    psets = [test_set(family, level, data_dir, cache_dir, log, test)[0] for family, level in sets]
+    psets = [p for family, levels in [("clean", [0.0]), *families.items()]
+             for p in family_sets(family, levels, data_dir, cache_dir, log, test)]
     labels = test.labels.numpy()
     per_ckpt = (scores or _score_here)(loaded, psets, labels, device)
     flat = [(_row(ident, ckpt, pset, labels, nll, acc, pred), pred)

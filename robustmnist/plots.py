@@ -111,8 +111,14 @@ def preview_figure(images_u8: Any, config: Any, draws: int, seed: int) -> tuple[
     grid, deltas = preview(images_u8, config, draws, seed)
     col_labels = ["original"] + [f"draw {i + 1}" for i in range(draws)]
     row_labels = [f"#{i}" for i in range(len(images_u8))]
+    parts = []
+    if config.delta_min_px or config.delta_max_px:
+        parts.append(f"stroke change [{config.delta_min_px:g}, {config.delta_max_px:g}] px")
+    if config.p_pen:
+        parts.append(f"pen {config.pen_min_px:g}-{config.pen_max_px:g} px (p {config.p_pen:g})")
+    if config.affine:
+        parts.append("affine")
     fig = digit_grid(grid.numpy(), row_labels, col_labels,
-                     f"--aug {config.policy}: range [{config.delta_min_px:g}, "
-                     f"{config.delta_max_px:g}] px, p_untouched {config.p_untouched:g}"
-                     f"{', affine' if config.affine else ''}")
+                     f"--aug {config.policy}: {', '.join(parts) or 'identity'}; "
+                     f"p_untouched {config.p_untouched:g}")
     return fig, deltas

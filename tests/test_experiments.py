@@ -134,9 +134,10 @@ def test_presets_are_valid(preset):
 
 def test_thickness_preset_is_the_full_study():
     exp = load_experiment(resolve_path("thickness"))
-    assert {v.name for v in exp.variants} == {"none", "thickness", "thin", "thick", "thickness+affine"}
+    assert {v.name for v in exp.variants} == {"none", "thickness", "thin", "thick", "thickness+affine",
+                                              "pen", "pen+thickness+affine"}
     assert len(exp.seeds) >= 3 and exp.train.epochs == 20
-    assert {"delta", "absolute"} <= set(exp.families)
+    assert {"delta", "absolute", "ladder", "photo"} == set(exp.families)
 
 
 def test_unknown_preset():

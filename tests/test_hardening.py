@@ -325,8 +325,8 @@ def test_pool_workers_stop_when_the_driver_is_killed():
 
     worker = ("import os, time; from robustmnist.executors import _exit_with_parent; "
               "_exit_with_parent(os.getppid(), 0.05); time.sleep(30)")
-    driver = ("import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', %r]); "
-              "print(p.pid, flush=True)" % worker)  # exits at once: the worker loses its parent
+    driver = (f"import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', {worker!r}]); "
+              "print(p.pid, flush=True)")  # exits at once: the worker loses its parent
     out = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, check=True)
     pid = int(out.stdout.split()[0])
     deadline = time.monotonic() + 10
