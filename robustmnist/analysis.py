@@ -34,7 +34,10 @@ FAMILY_TITLES = {
     "delta": "stroke change (px of width at 28x28; <0 thinner)",
     "absolute": "every digit redrawn at one thickness (px)",
     "ladder": "28x28 morphology rungs (-1 = 2x2 erosion, +2 = 3x3 dilation)",
+    "photo": "photographed handwriting: pen width as a fraction of the digit's height",
 }
+#: Families whose levels are unsigned (an absolute width or fraction, not a change).
+UNSIGNED_FAMILIES = ("absolute", "photo")
 WORST_FAMILIES = ("delta", "absolute")
 THICKNESS_BINS = [0.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, np.inf]
 
@@ -241,12 +244,12 @@ def binned_clean(results: Results) -> pd.DataFrame:
 
 
 def level_label(family: str, level: float) -> str:
-    """'+1.5' for signed families (delta, ladder), '1.5' for absolute thickness.
+    """'+1.5' for signed families (delta, ladder), '1.5' for absolute thickness and photo.
 
     >>> level_label("delta", 1.5), level_label("absolute", 1.5)
     ('+1.5', '1.5')
     """
-    return f"{level:g}" if family == "absolute" else f"{level:+g}"
+    return f"{level:g}" if family in UNSIGNED_FAMILIES else f"{level:+g}"
 
 
 # --------------------------------------------------------------------------- findings
