@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from robustmnist import RobustMnistError, __version__
+from robustmnist.config import aug_from_options
 from robustmnist.console import (
     RichProgress,
     err,
@@ -49,19 +50,6 @@ def main(version: Annotated[bool, typer.Option("--version", callback=_version,
                                                is_eager=True, help="Show the version.")] = False,
          ) -> None:
     """robustmnist: stroke-thickness robustness of MNIST classifiers."""
-
-
-def _aug_config(policy: str, aug_range: str | None, aug_p: float | None) -> Any:
-    """The AugConfig for --aug/--aug-range MIN,MAX/--aug-p (policy defaults where unset)."""
-    from robustmnist.config import AugConfig
-
-    lo = hi = None
-    if aug_range is not None:
-        try:
-            lo, hi = (float(v) for v in aug_range.split(","))
-        except ValueError:
-            raise RobustMnistError(f"--aug-range {aug_range!r}: expected MIN,MAX such as -1,2") from None
-    return AugConfig.from_policy(policy, delta_min_px=lo, delta_max_px=hi, p_untouched=aug_p)
 
 
 def _floats(option: str, text: str) -> list[float]:
@@ -139,7 +127,7 @@ def train(
 
     config = from_table(TrainConfig, {"model": model, "epochs": epochs, "batch_size": batch_size,
                                       "lr": lr, "seed": seed, "device": device},
-                        "--", aug=_aug_config(aug, aug_range, aug_p))
+                        "--", aug=aug_from_options(aug, aug_range, aug_p))
     set_threads(threads)
     run_dir = run_dir or Path("runs") / f"{aug}-seed{seed}"
     logger(quiet)(f"training {model} with aug={aug} on {resolve_device(device)} -> {run_dir}")
@@ -305,7 +293,7 @@ def augment_preview(
 
     if not (1 <= digits <= 64 and 1 <= draws <= 32):
         raise RobustMnistError(f"--digits {digits} / --draws {draws}: choose 1-64 digits and 1-32 draws")
-    config = _aug_config(aug, aug_range, aug_p)
+    config = aug_from_options(aug, aug_range, aug_p)
     images = load_split("train", data_dir, log=logger(quiet)).images[:digits]
     fig, deltas = preview_figure(images, config, draws, seed)
     save(fig, out_png)

@@ -220,3 +220,19 @@ class TrainConfig:
         d = self.to_dict()
         d.pop("device")
         return d
+
+
+def aug_from_options(policy: str, aug_range: str | None, aug_p: float | None) -> AugConfig:
+    """The AugConfig for ``--aug``, ``--aug-range MIN,MAX`` and ``--aug-p`` (the policy's
+    defaults where unset).
+
+    >>> aug_from_options("thickness", "-1,1.5", None).delta_max_px
+    1.5
+    """
+    lo = hi = None
+    if aug_range is not None:
+        try:
+            lo, hi = (float(v) for v in aug_range.split(","))
+        except ValueError:
+            raise RobustMnistError(f"--aug-range {aug_range!r}: expected MIN,MAX such as -1,2") from None
+    return AugConfig.from_policy(policy, delta_min_px=lo, delta_max_px=hi, p_untouched=aug_p)

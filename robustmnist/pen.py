@@ -360,9 +360,9 @@ def photo_levels(image: np.ndarray, pen_fractions: Sequence[float]) -> list[np.n
 
 
 def photo_fingerprint() -> str:
-    """Identifies the photo family's generator: PHOTO_VERSION and the source of ``predict``
+    """Identifies the photo family's generator: PHOTO_VERSION and the source of ``predict`` and ``images``
     (its preprocessing is part of the set, so any change there rebuilds the cached sets)."""
-    from robustmnist import predict
+    from robustmnist import images, predict
 
-    source = inspect.getsource(predict)
+    source = inspect.getsource(predict) + inspect.getsource(images)
     return f"{PHOTO_VERSION}:{hashlib.sha256(source.encode()).hexdigest()[:16]}"

@@ -9,14 +9,7 @@ digits rendered as JPEG photos (dim, over-exposed, low-contrast, light on dark t
 models read within 0.16 pp of their clean accuracy (``benchmarks/predict_photos.py``, figures
 in ``benchmarks/README.md``). Steps, and why:
 
-1. **Decode** (`load_gray`): only the decoders in ``FORMATS`` are tried; the pixel count is
-   checked from the header *before* decoding (refused above ``MAX_PIXELS``: a 200-byte PNG
-   can claim 12000x12000, 1.8 GB once decoded); JPEGs are decoded
-   at reduced size (draft mode) and everything is reduced to at most ``MAX_SIDE`` px; first
-   frame of animations; EXIF rotation applied; 16-bit data scaled by its own bit depth (a
-   12-bit scan peaks at 4095, not 65535); transparency: when the visible colour is uniform
-   the alpha channel *is* the drawing, otherwise it is composited onto a background that
-   contrasts with the visible pixels (white ink on a transparent background stays visible).
+1. **Decode** (`images.load_gray`): bounded, format-checked decoding to grey in [0, 1].
 2. **Working resolution**: at most ``WORK_SIDE`` px on the long side (area resampling), so
    the cost per photo is bounded whatever the input; ``ink_box`` is reported in the input's
    pixels.
@@ -53,8 +46,6 @@ The model then normalises with mean 0.1307 / std 0.3081, as in training.
 
 from __future__ import annotations
 
-import glob
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -63,18 +54,16 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from robustmnist import RobustMnistError
-from robustmnist.layout import RunDir
+from robustmnist.images import ImageError, expand_inputs, load_gray, reduce_side, split_inputs
+
+__all__ = ["ImageError", "Preprocessed", "expand_inputs", "load_gray", "mnistify", "predict_files",
+           "split_inputs"]
 
 if TYPE_CHECKING:
     from robustmnist.checkpoint import Classifier
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
-FORMATS = ("PNG", "JPEG", "BMP", "DIB", "TIFF", "WEBP", "GIF", "PPM")  # the only decoders tried
-MAX_PIXELS = 50_000_000    # refuse to decode anything larger (checked from the header), px
-MAX_SIDE = 1024            # load_gray's output cap, px (longest side)
 WORK_SIDE = 512            # mnistify's working resolution cap, px (longest side)
 BACKGROUND_SIDE = 48       # resolution of the paper-shading estimate, px (longest side)
 MIN_SIDE = 8               # smaller images are refused, px
@@ -87,110 +76,6 @@ SIDE = 28
 CENTRE = 14.0              # where MNIST's centre of mass sits (row, col pixel index)
 PREDICT_BATCH = 32         # photos per model call in predict_files
 EDGE_GAIN = 3.0            # ink map sharpened around the pen's half level (1 = as is, inf = bilevel)
-
-
-class ImageError(RobustMnistError):
-    """A problem with one input image (reported per file; the others still run)."""
-
-
-def expand_inputs(specs: Sequence[str]) -> list[Path]:
-    """Files, folders (their images, sorted) and glob patterns -> image paths (in order)."""
-    paths: list[Path] = []
-    for spec in specs:
-        if any(ch in spec for ch in "*?["):
-            paths += [Path(p) for p in sorted(glob.glob(spec, recursive=True)) if Path(p).is_file()]
-        elif Path(spec).is_dir():
-            paths += sorted(p for p in Path(spec).rglob("*")
-                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            paths.append(Path(spec))
-    return paths
-
-
-def load_gray(path: Path) -> np.ndarray:
-    """Decode a supported image into float32 grey in [0, 1], longest side <= MAX_SIDE.
-
-    Raises ImageError (one line naming the file) for anything that cannot be read, including
-    images over MAX_PIXELS, which are refused before their pixels are decoded.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: file not found")
-    try:
-        with warnings.catch_warnings():
-            # Pillow warns about corrupt EXIF and large sizes; the former is harmless here and
-            # the latter refused below, so neither reaches the user.
-            warnings.simplefilter("ignore")
-            with Image.open(path, formats=FORMATS) as img:
-                width, height = img.size  # from the header: nothing decoded yet
-                if width * height > MAX_PIXELS:
-                    raise ImageError(f"{path}: {width}x{height} px is more than robustmnist "
-                                     f"decodes ({MAX_PIXELS // 1_000_000} megapixels); "
-                                     f"downscale it first (a digit needs ~{MAX_SIDE} px)")
-                if img.format in ("JPEG", "MPO"):  # decode at 1/2, 1/4 or 1/8 size
-                    shrink = MAX_SIDE / max(width, height)
-                    if shrink < 1:
-                        img.draft("L", (max(1, int(width * shrink)), max(1, int(height * shrink))))
-                oriented = ImageOps.exif_transpose(img)
-                return _to_gray_array(oriented, MAX_SIDE)
-    except ImageError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not a readable image (supported: {', '.join(FORMATS)}); "
-                         "convert it to PNG or JPEG") from None
-    except Image.DecompressionBombError:
-        raise ImageError(f"{path}: more than robustmnist decodes ({MAX_PIXELS // 1_000_000} "
-                         "megapixels); downscale it first") from None
-    except PermissionError:
-        raise ImageError(f"{path}: permission denied; make it readable") from None
-    except Exception as err:  # a decoder meeting malformed bytes raises all kinds of errors
-        detail = (str(err).strip().splitlines() or [""])[0][:160]
-        raise ImageError(f"{path}: corrupt or truncated image ({type(err).__name__}"
-                         f"{': ' + detail if detail else ''}); re-export it as PNG or JPEG") from None
-
-
-def _to_gray_array(img: Image.Image, max_side: int | None = None) -> np.ndarray:
-    """A decoded PIL image -> float32 grey in [0, 1], area-reduced to `max_side` if given."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = _reduce(np.asarray(img).astype(np.float32), max_side)
-        arr -= min(0.0, float(arr.min()))  # 32-bit ints may be negative
-        # Scale by the data's own bit depth: a 12-bit scan peaks at 4095, not 65535.
-        top = 2.0 ** max(8, int(np.ceil(np.log2(float(arr.max()) + 1)))) - 1
-        return arr / np.float32(top)
-    if img.mode == "F":
-        arr = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo < 0 or hi > 1:
-            arr = (arr - lo) / max(hi - lo, 1e-12)
-        return _reduce(arr, max_side)
-    if "A" in img.getbands() or "a" in img.getbands() or (
-            img.mode == "P" and "transparency" in img.info):
-        rgba = np.asarray(img.convert("RGBA"))
-        gray = _flatten_alpha(cv2.cvtColor(np.ascontiguousarray(rgba[..., :3]), cv2.COLOR_RGB2GRAY),
-                              rgba[..., 3])
-        return _reduce(gray, max_side)
-    return _reduce(np.asarray(img.convert("L")), max_side).astype(np.float32) / 255.0
-
-
-def _flatten_alpha(gray_u8: np.ndarray, alpha_u8: np.ndarray) -> np.ndarray:
-    """Grey + alpha -> float32 grey: the drawing stays visible whatever its colour."""
-    gray, alpha = gray_u8.astype(np.float32) / 255, alpha_u8.astype(np.float32) / 255
-    if alpha.min() == alpha.max():  # no transparency in use
-        return gray
-    visible = gray[alpha > 0.5] if (alpha > 0.5).any() else gray[alpha > 0]
-    if float(visible.max()) - float(visible.min()) < 0.1:
-        return alpha  # one colour: the alpha channel is the drawing (light on black)
-    background = 0.0 if float(visible.mean()) > 0.5 else 1.0  # contrasts with what is drawn
-    return gray * alpha + background * (1 - alpha)
-
-
-def _reduce(arr: np.ndarray, max_side: int | None) -> np.ndarray:
-    h, w = arr.shape[:2]
-    if max_side is None or max(h, w) <= max_side:
-        return arr
-    scale = max_side / max(h, w)
-    return cv2.resize(arr, (max(1, round(w * scale)), max(1, round(h * scale))),
-                      interpolation=cv2.INTER_AREA)
 
 
 @dataclass(frozen=True)
@@ -226,7 +111,7 @@ def mnistify(gray: np.ndarray, normalize_thickness_px: float | None = None,
     if not np.isfinite(gray).all():
         raise ImageError(f"{name}: the image holds NaN or infinite values")
     # 2. working resolution
-    work = _reduce(gray, WORK_SIDE)
+    work = reduce_side(gray, WORK_SIDE)
     to_input = w / work.shape[1], h / work.shape[0]
     # 3. polarity: which side of the (shaded) paper holds the ink
     inverted = _dark_ink(work)
@@ -306,7 +191,7 @@ def _background(ink: np.ndarray) -> np.ndarray:
     """The paper's level under the ink (light ink map): opening on a reduced copy."""
     h, w = ink.shape
     scale = min(1.0, BACKGROUND_SIDE / max(h, w))
-    small = _reduce(ink, BACKGROUND_SIDE) if scale < 1 else ink
+    small = reduce_side(ink, BACKGROUND_SIDE) if scale < 1 else ink
     k = max(3, (min(small.shape) // 3) | 1)  # wider than any stroke of a digit filling the image
     # Extended by point reflection (linear extrapolation): at the border the opening would
     # otherwise see only one side and lag a shading gradient by up to k/2 px of its slope.
@@ -410,20 +295,6 @@ def centre_of_mass(image: np.ndarray) -> tuple[float, float]:
     total = m.sum()
     idx = np.arange(m.shape[0]), np.arange(m.shape[1])
     return float((m.sum(1) * idx[0]).sum() / total), float((m.sum(0) * idx[1]).sum() / total)
-
-
-def split_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
-    """(checkpoints, image specs): the leading .pt files and run folders, then the rest."""
-    split = 0
-    while split < len(inputs) and (inputs[split].endswith(".pt") or
-                                   RunDir(Path(inputs[split])).checkpoint.is_file()):
-        split += 1
-    if split == 0:
-        raise RobustMnistError("pass at least one checkpoint first: "
-                               "robustmnist predict RUN/checkpoint.pt photo.jpg")
-    if split == len(inputs):
-        raise RobustMnistError("no images given after the checkpoint(s)")
-    return [Path(c) for c in inputs[:split]], list(inputs[split:])
 
 
 @dataclass(frozen=True)
