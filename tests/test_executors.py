@@ -329,9 +329,9 @@ def test_driver_killed_mid_study_then_rerun_continues(tmp_path, reference, ray_c
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and proc.poll() is None:
         # "[k/4]" is logged once a run's last files are written; a run 1..EPOCHS-2 epochs in
-        # cannot finish in the moment it takes to kill the driver.
-        if (any(line.startswith("[") for line in lines)
-                and any(0 < metrics_rows(f) <= EPOCHS - 2 for f in folders)):
+        # (metrics and a checkpoint saved) cannot finish in the moment it takes to kill.
+        if (any(line.startswith("[") for line in lines) and any(
+                0 < metrics_rows(f) <= EPOCHS - 2 and f.checkpoint.is_file() for f in folders)):
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.02)
