@@ -16,9 +16,9 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from robustmnist import RobustMnistError
+from robustmnist.images import MAX_PIXELS
 from robustmnist.predict import (
     CENTRE,
-    MAX_PIXELS,
     WORK_SIDE,
     ImageError,
     Preprocessed,
