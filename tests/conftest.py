@@ -48,17 +48,22 @@ def tiny_splits(tiny_arrays) -> dict[str, MnistSplit]:
     return {k: split_from_arrays(*v, name=k) for k, v in tiny_arrays.items()}
 
 
-@pytest.fixture
-def tiny_data_dir(tmp_path, tiny_arrays, monkeypatch) -> Path:
-    """A data dir holding synthetic IDX files, with the MD5 table pointed at them."""
-    root = tmp_path / "data"
+def write_idx_files(root: Path, arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, str]:
+    """Write the splits as IDX files in `root`'s torchvision layout; their MD5 table."""
     md5s = {}
-    for split, (images, labels) in tiny_arrays.items():
+    for split, (images, labels) in arrays.items():
         image_name, label_name = data.FILES[split]
         for name, array in ((image_name, images), (label_name, labels)):
             data.write_idx(data.raw_dir(root) / name, array)
             md5s[name] = data.md5(data.encode_idx(array))
-    monkeypatch.setattr(data, "MD5", md5s)
+    return md5s
+
+
+@pytest.fixture
+def tiny_data_dir(tmp_path, tiny_arrays, monkeypatch) -> Path:
+    """A data dir holding synthetic IDX files, with the MD5 table pointed at them."""
+    root = tmp_path / "data"
+    monkeypatch.setattr(data, "MD5", write_idx_files(root, tiny_arrays))
     monkeypatch.setenv(data.DATA_DIR_ENV, str(root))
     monkeypatch.setenv(data.SOURCES_ENV, "cache")
     return root

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import write_idx_files
 from typer.testing import CliRunner
 
 from robustmnist import RobustMnistError, artifacts, data
@@ -68,12 +69,7 @@ def tiny_mnist(tmp_path_factory, tiny_arrays):
     """A module-wide data dir of synthetic IDX files, with the MD5 table pointed at them
     (`tiny_data_dir` for a whole module: the Ray tests share one reference study)."""
     root = tmp_path_factory.mktemp("data")
-    md5s = {}
-    for split, (images, labels) in tiny_arrays.items():
-        image_name, label_name = data.FILES[split]
-        for name, array in ((image_name, images), (label_name, labels)):
-            data.write_idx(data.raw_dir(root) / name, array)
-            md5s[name] = data.md5(data.encode_idx(array))
+    md5s = write_idx_files(root, tiny_arrays)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(data, "MD5", md5s)
         mp.setenv(data.DATA_DIR_ENV, str(root))
