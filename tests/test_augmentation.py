@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from robustmnist import RobustMnistError
-from robustmnist.augmentation import POLICIES, AugConfig, AugParams, apply, augment, preview, sample
+from robustmnist.augmentation import (POLICIES, AugConfig, AugParams, affine_matrix, apply, augment,
+                                      preview, sample, warp)
 from robustmnist.pen import build_atlas
 
 
@@ -163,3 +164,23 @@ def test_preview_of_a_pen_policy(device):
     grid, levels = preview(images, AugConfig.from_policy("pen", p_pen=1.0), draws=2)
     assert grid.shape == (3, 3, 28, 28)
     assert not torch.equal(grid[:, 1], grid[:, 0]) and (levels == 0).all()
+
+
+@pytest.mark.parametrize("shape", [(16, 1, 28, 28), (5, 3, 20, 31)])
+def test_warp_matches_kornia(device, shape):
+    """The in-house affine (matrix and warp) equals Kornia's get_affine_matrix2d + warp_affine."""
+    from kornia.geometry.transform import get_affine_matrix2d, warp_affine
+
+    g = torch.Generator(device=device).manual_seed(3)
+    n = shape[0]
+    angle = torch.rand(n, generator=g, device=device) * 60 - 30
+    shift = torch.rand(n, 2, generator=g, device=device) * 8 - 4
+    zoom = torch.rand(n, generator=g, device=device) * 0.6 + 0.7
+    ours = affine_matrix(angle, shift, zoom, center=6.5)
+    theirs = get_affine_matrix2d(shift, torch.full((n, 2), 6.5, device=device),
+                                 zoom.unsqueeze(1).repeat(1, 2), angle)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    x = torch.rand(shape, generator=g, device=device)
+    expected = warp_affine(x, theirs[:, :2], dsize=shape[-2:], mode="bilinear",
+                           padding_mode="zeros", align_corners=True)
+    torch.testing.assert_close(warp(x, ours), expected, rtol=0, atol=1e-4)
