@@ -11,6 +11,10 @@ Conventions (checked against OpenCV in tests/test_morphology.py): elements are f
 element (2x2) is anchored like OpenCV's default anchor ``(k // 2, k // 2)``, i.e. dilation
 takes the max over the pixel and its up/left neighbours; pixels outside the image are ignored
 (Kornia's geodesic border = OpenCV's default border for dilate/erode).
+
+Kornia does the morphology on every device; on the CPU, flat squares (the whole training
+ladder) take a direct path, the same running max/min over the same shifted views without
+Kornia's generic buffers: ~4x cheaper on a 512-digit batch, bit-identical (tested).
 """
 
 from __future__ import annotations
@@ -50,6 +54,33 @@ def _check_batch(x: torch.Tensor) -> None:
         raise ValueError(f"expected a float tensor (B, C, H, W), got {x.dtype} {tuple(x.shape)}")
 
 
+def _square_on_cpu(x: torch.Tensor, shape: Shape) -> bool:
+    """Whether the square fast path serves this call: a flat square on a CPU tensor outside
+    autograd. There Kornia's generic shift engine (a two-plane buffer, an index_select per
+    cell) costs ~4x the arithmetic; on CUDA, and for disks, Kornia does the work."""
+    return shape == "square" and x.device.type == "cpu" and not (
+        torch.is_grad_enabled() and x.requires_grad)
+
+
+def _square(x: torch.Tensor, size: int, anchor: int, dilating: bool) -> torch.Tensor:
+    """OpenCV's flat square dilation/erosion with anchor (`anchor`, `anchor`), geodesic border:
+    the running max (min) of the shifted views, rows then columns (exact: max is separable
+    over a square). Bit-identical to the Kornia path (tests/test_morphology.py)."""
+    op = torch.maximum if dilating else torch.minimum
+    out = x
+    for dim in (-2, -1):
+        src, out = out, out.clone()
+        n = src.shape[dim]
+        for shift in range(-anchor, size - anchor):  # out[i] = op over src[i + shift]
+            m = n - abs(shift)
+            if shift == 0 or m <= 0:
+                continue
+            to, frm = (0, shift) if shift > 0 else (-shift, 0)
+            dst = out.narrow(dim, to, m)
+            op(dst, src.narrow(dim, frm, m), out=dst)
+    return out
+
+
 def dilate(x: torch.Tensor, shape: Shape, size: int, mirrored: bool = False) -> torch.Tensor:
     """Grey dilation of a batch (B, C, H, W) by a flat element, on x's device. `mirrored`
     anchors an even element on the other side (a 2x2 then its mirror = the 3x3 square).
@@ -58,6 +89,8 @@ def dilate(x: torch.Tensor, shape: Shape, size: int, mirrored: bool = False) -> 
     torch.Size([1, 1, 5, 5])
     """
     _check_batch(x)
+    if _square_on_cpu(x, shape):
+        return _square(x, size, size - 1 - size // 2 if mirrored else size // 2, dilating=True)
     # Kornia's dilation reflects the element (the textbook definition); OpenCV's does not.
     # Handing Kornia the reflected element and the reflected anchor gives OpenCV's result.
     k = _kernel(shape, size, x).flip((0, 1))
@@ -68,6 +101,8 @@ def dilate(x: torch.Tensor, shape: Shape, size: int, mirrored: bool = False) -> 
 def erode(x: torch.Tensor, shape: Shape, size: int, mirrored: bool = False) -> torch.Tensor:
     """Grey erosion of a batch (B, C, H, W) by a flat element, on x's device."""
     _check_batch(x)
+    if _square_on_cpu(x, shape):
+        return _square(x, size, size - 1 - size // 2 if mirrored else size // 2, dilating=False)
     k = _kernel(shape, size, x)
     anchor = size - 1 - size // 2 if mirrored else size // 2
     return erosion(x, k, origin=[anchor, anchor], border_type="geodesic", engine=_ENGINE)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from robustmnist import morphology
 from robustmnist.morphology import LADDER, apply_stroke_delta, dilate, element, erode
 
 ELEMENTS = [("square", 2), ("square", 3), ("disk", 2), ("disk", 3), ("disk", 5)]
@@ -22,14 +23,37 @@ def _random(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (13, 17), dtype=np.uint8)
 
 
+@pytest.fixture(params=["square fast path", "kornia only"])
+def engine(request, monkeypatch):
+    """Run a test with the CPU square fast path on, then with Kornia doing every element."""
+    if request.param == "kornia only":
+        monkeypatch.setattr(morphology, "_square_on_cpu", lambda x, shape: False)
+    return request.param
+
+
 @pytest.mark.parametrize(("shape", "size"), ELEMENTS)
 @pytest.mark.parametrize("op", list(CV_OPS))
 @pytest.mark.parametrize("image", [_hand_made(), _random(0), _random(1)], ids=["hand", "rand0", "rand1"])
-def test_kornia_equals_opencv(shape, size, op, image):
+def test_equals_opencv(shape, size, op, image, engine):
     ours, theirs = CV_OPS[op]
     x = torch.from_numpy(image).float()[None, None]
     expected = theirs(image, element(shape, size))  # OpenCV's default anchor and border
     np.testing.assert_array_equal(ours(x, shape, size)[0, 0].numpy().astype(np.uint8), expected)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("mirrored", [False, True])
+@pytest.mark.parametrize("op", list(CV_OPS))
+def test_square_fast_path_is_bit_identical_to_kornia(size, mirrored, op, monkeypatch):
+    """The CPU square path (training's hot path) computes exactly what Kornia computes,
+    borders, mirrored anchors, several channels and non-finite values included."""
+    x = torch.rand(6, 2, 11, 9, generator=torch.Generator().manual_seed(size))
+    x[x < 0.4] = 0
+    x[0, 0, 0, 0], x[1, 1, 5, 4], x[2, 0, 10, 8] = float("inf"), -float("inf"), float("nan")
+    ours = CV_OPS[op][0](x, "square", size, mirrored)
+    monkeypatch.setattr(morphology, "_square_on_cpu", lambda x, shape: False)
+    torch.testing.assert_close(ours, CV_OPS[op][0](x, "square", size, mirrored),
+                               rtol=0, atol=0, equal_nan=True)
 
 
 def test_hand_computed_2x2_dilation():
