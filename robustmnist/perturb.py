@@ -10,7 +10,8 @@ Families on the one stroke-width scale (``morphology.py``):
   skeleton (anti-aliased edge), area-downsample. Already-thin digits are not erased.
 * ``ladder``: the 28x28 rungs of the training-time ladder (``morphology.LADDER``: -1 = 2x2
   erosion, -2 = 3x3 erosion, +1 = 2x2 dilation, +2 = 3x3 dilation), applied with OpenCV to the
-  uint8 digits: the perturbations the augmentation itself produces, as a test.
+  uint8 digits: the perturbations the augmentation itself produces, as a test; plus two rungs
+  beyond anything trained on, +3 = 4x4 and +4 = 5x5 dilation (`TEST_RUNGS`).
 * ``photo``: the user's case. Each digit's skeleton is written with a pen whose width is a
   fraction of the digit's height (the level), photographed (200-px digit on a 300-px image, dark
   ink on paper under uneven light, defocus, sensor noise, JPEG; seeded by the digit's pixels,
@@ -45,23 +46,27 @@ import numpy as np
 
 from robustmnist import RobustMnistError, artifacts, pen
 from robustmnist.measure import UPSCALE, as_digits, ink_ratio, map_chunks, measure_thickness
-from robustmnist.morphology import LADDER, element
+from robustmnist.morphology import LADDER, Rung, element
 
 #: Bump when the generation code changes: every cached set is then rebuilt.
 ALGORITHM_VERSION = 1
+
+#: The ``ladder`` family's rungs: the training ladder and two thicker, test-only rungs.
+TEST_RUNGS: dict[int, Rung] = {**LADDER, 3: Rung(3, "dilate", "square", 4),
+                               4: Rung(4, "dilate", "square", 5)}
 
 #: family -> default levels (px at 28x28; for ``photo`` the pen width / digit height).
 DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
     "delta": (-1.5, -1.0, -0.5, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0),
     "absolute": (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0),
-    "ladder": (-2.0, -1.0, 1.0, 2.0),
+    "ladder": (-2.0, -1.0, 1.0, 2.0, 3.0, 4.0),
     "photo": (0.03, 0.05, 0.08, 0.12, 0.16, 0.20, 0.25),
 }
 #: family -> allowed (min, max) level; beyond it a digit is gone or a blob.
 LEVEL_RANGE: dict[str, tuple[float, float]] = {
     "delta": (-3.0, 6.0),
     "absolute": (0.25, 8.0),
-    "ladder": (float(min(LADDER)), float(max(LADDER))),
+    "ladder": (float(min(TEST_RUNGS)), float(max(TEST_RUNGS))),
     "photo": (0.01, 0.35),
     "clean": (0.0, 0.0),
 }
@@ -80,8 +85,8 @@ def check_level(family: str, level: float) -> None:
     if family == "delta" and level != 0 and (abs(level) * 2 * UPSCALE / 2) % 1:
         raise RobustMnistError(f"delta level {level:g}: must be a multiple of 0.25 px "
                                "(disk radius is whole pixels at x4)")
-    if family == "ladder" and level not in LADDER:
-        raise RobustMnistError(f"ladder level {level:g}: choose one of {sorted(LADDER)}")
+    if family == "ladder" and level not in TEST_RUNGS:
+        raise RobustMnistError(f"ladder level {level:g}: choose one of {sorted(TEST_RUNGS)}")
 
 
 # One digit at every level: (uint8 (28, 28), levels) -> one uint8 (28, 28) per level.
@@ -112,7 +117,7 @@ def _absolute_levels(image: np.ndarray, levels: Sequence[float]) -> list[np.ndar
 def _ladder_levels(image: np.ndarray, levels: Sequence[float]) -> list[np.ndarray]:
     out = []
     for level in levels:
-        rung = LADDER[int(level)]
+        rung = TEST_RUNGS[int(level)]
         op = cv2.dilate if rung.op == "dilate" else cv2.erode
         out.append(op(image, element(rung.shape, rung.size)))
     return out

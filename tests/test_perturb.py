@@ -45,11 +45,14 @@ def test_absolute_orders_thickness(digits):
     assert means[1] == pytest.approx(3.0, abs=0.5)
 
 
-def test_ladder_is_28x28_morphology(digits):
+@pytest.mark.parametrize(("level", "op", "side"), [(-2.0, "erode", 3), (-1.0, "erode", 2),
+                                                   (2.0, "dilate", 3), (4.0, "dilate", 5)])
+def test_ladder_is_28x28_opencv_morphology(digits, level, op, side):
+    """Rung k is OpenCV's (|k|+1)-square, default anchor; +4 is the 5x5 dilation of the issue."""
     import cv2
 
-    np.testing.assert_array_equal(perturb(digits, "ladder", 2.0)[3],
-                                  cv2.dilate(digits[3], np.ones((3, 3), np.uint8)))
+    np.testing.assert_array_equal(perturb(digits, "ladder", level)[3],
+                                  getattr(cv2, op)(digits[3], np.ones((side, side), np.uint8)))
 
 
 def test_cache_reuse_and_corruption(tmp_path, digits):
