@@ -51,7 +51,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Epoch time vs the standard torchvision pipeline, augmentation overhead, sweep cold/warm."""
-    session.run(PY, "benchmarks/bench.py", *session.posargs)
+    session.run(PY, "benchmarks/bench.py", "--readme", *session.posargs)
 
 
 @nox.session
