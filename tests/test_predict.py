@@ -129,6 +129,22 @@ def test_grid_and_shadow_do_not_become_ink(tmp_path):
     assert _mae(plain, gridded) < 12
 
 
+@pytest.mark.parametrize("radius", [45, 60, 75])
+def test_a_thick_pen_s_filled_loop_stays_solid(radius):
+    """A thick pen fills a loop (a "9" whose head is one blob of ink): the paper estimate must
+    not follow the blob, which turned it into a ring of ink around paper."""
+    photo = np.full((300, 300), 0.8, np.float32)
+    cv2.circle(photo, (150, 110), radius, 0.15, -1)                  # the filled loop
+    cv2.line(photo, (150 + radius - 12, 110), (140, 270), 0.15, 26)  # the tail
+    photo = cv2.GaussianBlur(photo, (0, 0), 1.0)
+    image = mnistify(photo).image
+    # the middle of the head (the upper half's ink centre) is ink, as solid as its rim
+    head = image[:14] > 128
+    rows, cols = np.nonzero(head)
+    cy, cx = int(round(rows.mean())), int(round(cols.mean()))
+    assert image[cy - 1:cy + 2, cx - 1:cx + 2].min() > 200, image[cy - 3:cy + 4, cx - 3:cx + 4]
+
+
 def test_shading_gradient_alone_is_not_ink():
     """The paper estimate must follow a gradient up to the border (an opening that sees one
     side only lags it, and the bright edge became a "1")."""
