@@ -24,9 +24,8 @@ training set (``pen.training_atlas``) and indexed with the batch's indices
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F

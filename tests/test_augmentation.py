@@ -2,8 +2,17 @@ import pytest
 import torch
 
 from robustmnist import RobustMnistError
-from robustmnist.augmentation import (POLICIES, AugConfig, AugParams, affine_matrix, apply, augment,
-                                      preview, sample, warp)
+from robustmnist.augmentation import (
+    POLICIES,
+    AugConfig,
+    AugParams,
+    affine_matrix,
+    apply,
+    augment,
+    preview,
+    sample,
+    warp,
+)
 from robustmnist.pen import build_atlas
 
 

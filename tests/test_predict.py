@@ -141,7 +141,7 @@ def test_a_thick_pen_s_filled_loop_stays_solid(radius):
     # the middle of the head (the upper half's ink centre) is ink, as solid as its rim
     head = image[:14] > 128
     rows, cols = np.nonzero(head)
-    cy, cx = int(round(rows.mean())), int(round(cols.mean()))
+    cy, cx = round(rows.mean()), round(cols.mean())
     assert image[cy - 1:cy + 2, cx - 1:cx + 2].min() > 200, image[cy - 3:cy + 4, cx - 3:cx + 4]
 
 
