@@ -313,3 +313,80 @@ def _is_clear(mc: pd.DataFrame, variant: str, family: str, level: float,
     all_sig = int(hit["significant_seeds"].iloc[0]) == int(hit["seeds"].iloc[0])
     disjoint = a["lo"] > b["hi"] or b["lo"] > a["hi"] if a["n"] > 1 else True
     return bool(all_sig and disjoint)
+
+
+# --------------------------------------------------------------------------- head to head
+
+#: (challenger, rival, which end of each family): the study's question whether redrawing with
+#: a pen beats erosion on thin pens and dilation on thick ones.
+DUELS = (("pen", "thin", "thinnest"), ("pen", "thick", "thickest"))
+
+
+def _runs_by_seed(rows: pd.DataFrame, variant: str) -> pd.Series:
+    return rows[rows["variant"] == variant].drop_duplicates("run").set_index("seed")["run"]
+
+
+def duel(results: Results, acc: pd.DataFrame, a: str, b: str, family: str,
+         level: float) -> dict[str, Any] | None:
+    """Variant `a` against `b` at one (family, level) with the noise rule: paired McNemar
+    between the two, seed by seed (p < 0.05 in every seed), and disjoint 95 % intervals."""
+    at = acc[(acc["family"] == family) & (acc["level"] == level)].set_index("variant")
+    if a not in at.index or b not in at.index:
+        return None
+    runs_a, runs_b = _runs_by_seed(results.rows, a), _runs_by_seed(results.rows, b)
+    ps = []
+    for seed in runs_a.index.intersection(runs_b.index):
+        ca = results.correct(runs_a[seed], family, level)
+        cb = results.correct(runs_b[seed], family, level)
+        if ca is not None and cb is not None:
+            ps.append(mcnemar(cb, ca)[2])
+    x, y = at.loc[a], at.loc[b]
+    disjoint = (x["lo"] > y["hi"] or y["lo"] > x["hi"]) if min(x["n"], y["n"]) > 1 else True
+    return {"family": family, "level": level, "a": a, "b": b,
+            "diff_pp": 100 * float(x["mean"] - y["mean"]), "seeds": len(ps),
+            "clear": bool(ps) and all(p < 0.05 for p in ps) and bool(disjoint)}
+
+
+def best_per_level(results: Results, acc: pd.DataFrame) -> pd.DataFrame:
+    """Per (family, level): the best variant, the runner-up, the gap and whether the gap is
+    outside the noise (`duel`)."""
+    out = []
+    for (family, level), g in acc.groupby(["family", "level"], sort=False):
+        if len(g) < 2:
+            continue
+        ranked = g.sort_values("mean", ascending=False)
+        best, second = ranked["variant"].iloc[0], ranked["variant"].iloc[1]
+        d = duel(results, acc, best, second, family, level)
+        out.append({"family": family, "level": level, "best": best,
+                    "best_accuracy": 100 * float(ranked["mean"].iloc[0]), "runner_up": second,
+                    "gap_pp": d["diff_pp"] if d else math.nan,
+                    "clear": bool(d and d["clear"])})
+    return pd.DataFrame(out)
+
+
+def duel_findings(results: Results, acc: pd.DataFrame, best: pd.DataFrame) -> list[str]:
+    """Sentences: who reads photos best at each pen width, and the `DUELS`."""
+    lines = []
+    photo = best[best["family"] == "photo"] if not best.empty else best
+    if len(photo):
+        winners = photo["best"].value_counts()
+        parts = [f"{level_label('photo', r.level)} `{r.best}` {r.best_accuracy:.2f} % "
+                 f"({r.gap_pp:+.2f} pp vs `{r.runner_up}`{', clear' if r.clear else ''})"
+                 for r in photo.itertuples()]
+        lines.append(f"Photos, best variant at each pen width: {'; '.join(parts)}. "
+                     f"`{winners.index[0]}` is best at {winners.iloc[0]} of {len(photo)} widths, "
+                     f"clearly ahead of the runner-up at {int(photo['clear'].sum())}.")
+    for a, b, end in DUELS:
+        parts = []
+        for family in ("delta", "absolute", "photo"):
+            levels = sorted(acc[acc["family"] == family]["level"].unique())
+            if not levels:
+                continue
+            level = levels[0] if end == "thinnest" else levels[-1]
+            d = duel(results, acc, a, b, family, level)
+            if d is not None:
+                parts.append(f"{family} {level_label(family, level)} {d['diff_pp']:+.2f} pp "
+                             f"({'outside' if d['clear'] else 'within'} the noise)")
+        if parts:
+            lines.append(f"`{a}` vs `{b}` on the {end} strokes: {'; '.join(parts)}.")
+    return lines

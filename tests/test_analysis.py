@@ -5,8 +5,11 @@ import pytest
 from robustmnist import RobustMnistError
 from robustmnist.analysis import (
     accuracy_table,
+    best_per_level,
     binned_clean,
     corruption_errors,
+    duel,
+    duel_findings,
     findings,
     load_results,
     mcnemar,
@@ -124,3 +127,23 @@ def test_findings_apply_the_noise_rule(tmp_path, synthetic_sweep):
     assert findings(only_thickness, accuracy_table(only_thickness), pd.DataFrame(),
                     ["thickness"]) == [
         "No unaugmented baseline (variant `none`) among the results: no comparisons."]
+
+
+def test_duels_and_best_per_level_apply_the_noise_rule(tmp_path, synthetic_sweep):
+    """pen is right on 25 more images than thin in every seed (clear); pen and thick differ
+    by one image a seed (within the noise, though pen is best everywhere)."""
+    numbers = {"none": {0: 60, 1: 62, 2: 61}, "pen": {0: 95, 1: 96, 2: 97},
+               "thin": {0: 70, 1: 71, 2: 72}, "thick": {0: 94, 1: 95, 2: 96}}
+    results = load_results([synthetic_sweep(tmp_path / "s", numbers)])
+    acc = accuracy_table(results.rows)
+    d = duel(results, acc, "pen", "thin", "delta", 1.0)
+    assert d is not None and d["diff_pp"] == pytest.approx(25.0) and d["seeds"] == 3 and d["clear"]
+    close = duel(results, acc, "pen", "thick", "delta", 1.0)
+    assert close is not None and close["diff_pp"] == pytest.approx(1.0) and not close["clear"]
+    assert duel(results, acc, "pen", "missing", "delta", 1.0) is None
+    best = best_per_level(results, acc)
+    assert set(best["best"]) == {"pen"} and set(best["runner_up"]) == {"thick"}
+    assert not best["clear"].any() and best["gap_pp"].tolist() == pytest.approx([1.0] * len(best))
+    lines = duel_findings(results, acc, best)
+    assert "`pen` vs `thin` on the thinnest strokes: delta -1 +25.00 pp (outside the noise)" in lines[0]
+    assert "`pen` vs `thick` on the thickest strokes:" in lines[1] and "(within the noise)" in lines[1]
