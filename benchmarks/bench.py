@@ -94,6 +94,12 @@ def robustmnist_epoch(policy: str, device: torch.device, out: Path, splits: Any)
     return result.metrics[0]["epoch_seconds"], out / policy
 
 
+def rotated(items: list[str], k: int) -> list[str]:
+    """`items` rotated left by `k`: repeat r starts with the r-th configuration."""
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
 def augmentation_pass(policy: str, device: torch.device, splits: Any, atlas: Any) -> float:
     """Seconds of one epoch's batches through the trainer's per-batch input path (gather,
     to [0, 1], `augment`); for ``none`` that path without augmentation."""
@@ -115,8 +121,8 @@ def augmentation_alone(device: torch.device, splits: Any, atlas: Any,
     """Seconds the augmentation adds to one epoch, per policy: median of `repeats` alternating
     passes, minus the median ``none`` pass (the gather and scaling every policy pays)."""
     passes: dict[str, list[float]] = {p: [] for p in POLICIES}
-    for _ in range(repeats):
-        for policy in POLICIES:
+    for r in range(repeats):
+        for policy in rotated(list(POLICIES), r):
             passes[policy].append(augmentation_pass(policy, device, splits, atlas))
     base = statistics.median(passes["none"])
     return {p: max(statistics.median(t) - base, 0.0) for p, t in passes.items() if p != "none"}
@@ -161,8 +167,8 @@ def epochs(results: dict[str, Any], device: torch.device, data_dir: Path, splits
     # vary by ~10 %, more than the augmentation costs, so one epoch each decides nothing.
     times: dict[str, list[float]] = {p: [] for p in POLICIES}
     ckpt = tmp / "none"
-    for _ in range(args.repeats):
-        for policy in POLICIES:
+    for r in range(args.repeats):
+        for policy in rotated(list(POLICIES), r):  # no policy always first in its round
             seconds, folder = robustmnist_epoch(policy, device, tmp, splits)
             times[policy].append(seconds)
             ckpt = folder if policy == "none" else ckpt
@@ -257,6 +263,8 @@ def main() -> None:
                         help="also write the table into README.md's Speed section")
     args = parser.parse_args()
     skip = {s for s in args.skip.split(",") if s}
+    if args.readme and (skip or args.quick):
+        parser.error("--readme writes the README's table: only from a full run (no --quick/--skip)")
     device = resolve_device(args.device)
     data_dir = default_data_dir()
     t0 = time.perf_counter()

@@ -341,10 +341,12 @@ def duel(results: Results, acc: pd.DataFrame, a: str, b: str, family: str,
         if ca is not None and cb is not None:
             ps.append(mcnemar(cb, ca)[2])
     x, y = at.loc[a], at.loc[b]
+    # One seed a side has no interval: McNemar decides alone (as `_is_clear` does).
     disjoint = (x["lo"] > y["hi"] or y["lo"] > x["hi"]) if min(x["n"], y["n"]) > 1 else True
+    measured = min(x["n"], y["n"]) >= 1 and bool(ps)
     return {"family": family, "level": level, "a": a, "b": b,
             "diff_pp": 100 * float(x["mean"] - y["mean"]), "seeds": len(ps),
-            "clear": bool(ps) and all(p < 0.05 for p in ps) and bool(disjoint)}
+            "clear": measured and all(p < 0.05 for p in ps) and bool(disjoint)}
 
 
 def best_per_level(results: Results, acc: pd.DataFrame) -> pd.DataFrame:

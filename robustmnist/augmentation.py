@@ -80,8 +80,8 @@ def affine_matrix(angle_deg: torch.Tensor, shift_px: torch.Tensor, zoom: torch.T
     (same matrices, same convention) in a handful of elementwise ops.
 
     >>> affine_matrix(torch.tensor([90.0]), torch.tensor([[1.0, 0.0]]), torch.tensor([2.0]),
-    ...               center=1.0)[0].round().abs().tolist()  # abs: no -0.0
-    [[0.0, 2.0, 4.0], [2.0, 0.0, 1.0], [0.0, 0.0, 1.0]]
+    ...               center=1.0)[0].round().add(0.0).tolist()  # + 0.0: no -0.0
+    [[0.0, -2.0, 4.0], [2.0, 0.0, -1.0], [0.0, 0.0, 1.0]]
     """
     rad = angle_deg * (math.pi / 180)
     a, b = zoom * torch.cos(rad), zoom * torch.sin(rad)

@@ -141,6 +141,12 @@ def test_duels_and_best_per_level_apply_the_noise_rule(tmp_path, synthetic_sweep
     close = duel(results, acc, "pen", "thick", "delta", 1.0)
     assert close is not None and close["diff_pp"] == pytest.approx(1.0) and not close["clear"]
     assert duel(results, acc, "pen", "missing", "delta", 1.0) is None
+    # significant in every seed, but the seeds disagree so much that the intervals overlap
+    spread = {"none": {0: 80, 1: 50, 2: 80}, "pen": {0: 99, 1: 70, 2: 99}}
+    wide = load_results([synthetic_sweep(tmp_path / "w", spread)])
+    noisy = duel(wide, accuracy_table(wide.rows), "pen", "none", "delta", 1.0)
+    assert noisy is not None and noisy["diff_pp"] == pytest.approx(19.33, abs=0.01)
+    assert not noisy["clear"]
     best = best_per_level(results, acc)
     assert set(best["best"]) == {"pen"} and set(best["runner_up"]) == {"thick"}
     assert not best["clear"].any() and best["gap_pp"].tolist() == pytest.approx([1.0] * len(best))

@@ -332,7 +332,9 @@ def test_driver_killed_mid_study_then_rerun_continues(tmp_path, reference, ray_c
             break
         time.sleep(0.02)
     else:
-        proc.kill()  # never reached the moment to kill: fail below with the driver's log
+        proc.kill()
+        proc.wait(timeout=30)
+        pytest.fail("the driver never reached the moment to kill it:\n" + "".join(lines))
     proc.wait(timeout=30)
     reader.join(timeout=30)
     assert proc.returncode == -signal.SIGKILL, "".join(lines)

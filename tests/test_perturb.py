@@ -46,7 +46,8 @@ def test_absolute_orders_thickness(digits):
 
 
 @pytest.mark.parametrize(("level", "op", "side"), [(-2.0, "erode", 3), (-1.0, "erode", 2),
-                                                   (2.0, "dilate", 3), (4.0, "dilate", 5)])
+                                                   (1.0, "dilate", 2), (2.0, "dilate", 3),
+                                                   (3.0, "dilate", 4), (4.0, "dilate", 5)])
 def test_ladder_is_28x28_opencv_morphology(digits, level, op, side):
     """Rung k is OpenCV's (|k|+1)-square, default anchor; +4 is the 5x5 dilation of the issue."""
     import cv2

@@ -129,18 +129,22 @@ def test_grid_and_shadow_do_not_become_ink(tmp_path):
     assert _mae(plain, gridded) < 12
 
 
-@pytest.mark.parametrize("radius", [45, 60, 75])
-def test_a_thick_pen_s_filled_loop_stays_solid(radius):
+@pytest.mark.parametrize(("shape", "radius"), [((300, 300), 60), ((300, 300), 75),
+                                               ((306, 169), 45), ((261, 139), 40)],
+                         ids=["square-60", "square-75", "portrait-45", "tight-40"])
+def test_a_thick_pen_s_filled_loop_stays_solid(shape, radius):
     """A thick pen fills a loop (a "9" whose head is one blob of ink): the paper estimate must
-    not follow the blob, which turned it into a ring of ink around paper."""
-    photo = np.full((300, 300), 0.8, np.float32)
-    cv2.circle(photo, (150, 110), radius, 0.15, -1)                  # the filled loop
-    cv2.line(photo, (150 + radius - 12, 110), (140, 270), 0.15, 26)  # the tail
+    not follow the blob, which turned it into a ring of ink around paper, also in a tight
+    portrait crop."""
+    h, w = shape
+    photo = np.full(shape, 0.8, np.float32)
+    head = (w // 2, radius + 20)
+    cv2.circle(photo, head, radius, 0.15, -1)                                 # the filled loop
+    cv2.line(photo, (head[0] + radius - 12, head[1]), (w // 2 - 10, h - 30), 0.15, 26)  # tail
     photo = cv2.GaussianBlur(photo, (0, 0), 1.0)
     image = mnistify(photo).image
     # the middle of the head (the upper half's ink centre) is ink, as solid as its rim
-    head = image[:14] > 128
-    rows, cols = np.nonzero(head)
+    rows, cols = np.nonzero(image[:14] > 128)
     cy, cx = round(rows.mean()), round(cols.mean())
     assert image[cy - 1:cy + 2, cx - 1:cx + 2].min() > 200, image[cy - 3:cy + 4, cx - 3:cx + 4]
 
