@@ -54,7 +54,8 @@ def handles_errors(fn: F) -> F:
 
 
 def logger(quiet: bool) -> Callable[[str], None]:
-    return (lambda _m: None) if quiet else (lambda m: err.print(m, highlight=False))
+    # soft_wrap: a log line keeps its paths whole when the terminal is narrow or output is piped
+    return (lambda _m: None) if quiet else (lambda m: err.print(m, highlight=False, soft_wrap=True))
 
 
 class RichProgress:

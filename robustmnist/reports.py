@@ -126,7 +126,8 @@ def _setup_section(results: Results) -> list[str]:
         f"{machine.get('cpu_count', '?')} CPU cores.",
         f"- Training time (sum of epoch times over all runs): {trained}; "
         f"sweep evaluation: {sweep_minutes:.1f} min"
-        + (f"; wall time of all `robustmnist run` invocations: {wall / 60:.1f} min." if wall else "."),
+        + (f"; wall time of the `robustmnist run` invocations that finished: {wall / 60:.1f} "
+           "min (an interrupted one is not recorded)." if wall else "."),
         "- Accuracy cells: mean ± half-width of the 95 % t-interval over seeds (n in its column; "
         "a single seed shows the mean only). Binomial noise on 10,000 test images alone is "
         "±0.1 pp at 99 % and ±0.3 pp at 90 %.",
