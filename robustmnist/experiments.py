@@ -79,7 +79,8 @@ class Experiment:
                 for seed in self.seeds for v in self.variants]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "source": str(self.source), "output": str(self.output),
+        return {"name": self.name, "description": self.description, "source": str(self.source),
+                "output": str(self.output),
                 "report": str(self.report), "seeds": list(self.seeds),
                 "train": _shared(self.train), "families": self.families,
                 "variants": [{"name": v.name, "aug": v.aug.__dict__} for v in self.variants]}

@@ -153,3 +153,22 @@ def test_duels_and_best_per_level_apply_the_noise_rule(tmp_path, synthetic_sweep
     lines = duel_findings(results, acc, best)
     assert "`pen` vs `thin` on the thinnest strokes: delta -1 +25.00 pp (outside the noise)" in lines[0]
     assert "`pen` vs `thick` on the thickest strokes:" in lines[1] and "(within the noise)" in lines[1]
+
+
+def test_experiment_of_keeps_the_question(tmp_path, synthetic_sweep):
+    """The report's question comes from experiment.json, or from the experiment file named
+    there when an older record has no description."""
+    import json
+
+    from robustmnist.analysis import experiment_of
+
+    sweep = synthetic_sweep(tmp_path / "out" / "sweep")
+    record = tmp_path / "out" / "experiment.json"
+    record.write_text(json.dumps({"experiment": {"name": "e", "description": "Why?"}}))
+    assert experiment_of([sweep]) == ("e", "Why?")
+    toml = tmp_path / "e.toml"
+    toml.write_text('name = "e"\ndescription = "From the file?"\n')
+    record.write_text(json.dumps({"experiment": {"name": "e", "source": str(toml)}}))
+    assert experiment_of([sweep]) == ("e", "From the file?")
+    toml.unlink()
+    assert experiment_of([sweep]) == ("e", "")
