@@ -101,7 +101,7 @@ def data_export(
 @handles_errors
 def train(
     aug: Annotated[str, typer.Option(help="Augmentation policy: none | thickness | thin | thick "
-                                     "| thickness+affine.")] = "none",
+                                     "| thickness+affine | pen | pen+thickness+affine.")] = "none",
     aug_range: Annotated[str | None, typer.Option(
         help="Stroke change range MIN,MAX in px of width at 28x28 (<0 thins), within -2,2. "
              "Default: the policy's (thickness -1,2; thin -1,0; thick 0,2).")] = None,
@@ -147,7 +147,7 @@ def eval_cmd(
     checkpoints: Annotated[list[Path], typer.Argument(help="checkpoint.pt files or run folders.")],
     sweep_width: Annotated[bool, typer.Option("--sweep-width", help="Also evaluate on the "
                                               "thickness-perturbed test sets.")] = False,
-    family: Annotated[list[str] | None, typer.Option(help="delta, absolute and/or ladder "
+    family: Annotated[list[str] | None, typer.Option(help="delta, absolute, ladder and/or photo "
                                                      "(repeatable). Default: delta and absolute.")] = None,
     levels: Annotated[str | None, typer.Option(help="Comma-separated levels in px (default: the "
                                                "family's defaults).")] = None,

@@ -13,16 +13,19 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from robustmnist import RobustMnistError
 
-out = Console()
-err = Console(stderr=True)
+# markup=False: user text (file names like "scan[1].png", messages naming [[variants]]) is
+# printed as it is, never read as Rich markup.
+out = Console(markup=False)
+err = Console(stderr=True, markup=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err.print(Text("error:", style="red"), message, highlight=False, soft_wrap=True)
 
 
 def handles_errors(fn: F) -> F:

@@ -308,6 +308,7 @@ def run_experiment(exp: Experiment, executor: Executor | None = None,
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     artifacts.claim_dir(exp.output, "experiment output")
+    artifacts.claim_dir(exp.report, "report folder")  # refused now, not after hours of training
     with artifacts.folder_lock(exp.output, "experiment output"):
         todo, done = pending_runs(exp)
         fetch(data_dir, log=log)  # once, visibly, before any training

@@ -35,10 +35,11 @@ class ImageError(RobustMnistError):
 
 
 def expand_inputs(specs: Sequence[str]) -> list[Path]:
-    """Files, folders (their images, sorted) and glob patterns -> image paths (in order)."""
+    """Files, folders (their images, sorted) and glob patterns -> image paths (in order). A
+    name that exists is taken literally, so "photo[1].png" is that file, not a pattern."""
     paths: list[Path] = []
     for spec in specs:
-        if any(ch in spec for ch in "*?["):
+        if any(ch in spec for ch in "*?[") and not Path(spec).exists():
             paths += [Path(p) for p in sorted(glob.glob(spec, recursive=True)) if Path(p).is_file()]
         elif Path(spec).is_dir():
             paths += sorted(p for p in Path(spec).rglob("*")

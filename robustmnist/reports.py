@@ -246,6 +246,7 @@ def write_report(paths: Sequence[Path], out_dir: Path, title: str = "report",
     """Render README.md, CSVs and plots for the given sweep folders into `out_dir`."""
     results = load_results(paths)
     out_dir = artifacts.claim_dir(Path(out_dir), "report folder")
+    earlier = _report_files(out_dir)
     rows, variants, families = results.rows, results.variants, results.families
     acc, mc, binned = accuracy_table(rows), mcnemar_table(results), binned_clean(results)
     summary = summary_table(rows, variants)
@@ -291,4 +292,23 @@ def write_report(paths: Sequence[Path], out_dir: Path, title: str = "report",
            "the tables above.",
            "- Sources: " + ", ".join(f"`{s.folder.root}`" for s in results.sweeps) + ".", ""]
     artifacts.write_text(out_dir / "README.md", "\n".join(md))
+    for path, inode in earlier.items():  # written again = replaced (a new inode): keep
+        if path.is_file() and path.stat().st_ino == inode:
+            path.unlink()
     return out_dir
+
+
+#: Every file a report may write. One of these that this report did not write again is from
+#: an earlier report into the folder (another family, a section this one has not): removed.
+#: Nothing else in the folder is touched.
+REPORT_FILES = ("README.md", "results.csv", "accuracy.csv", "summary.csv", "levels.csv",
+                "mcnemar.csv", "best_per_level.csv", "clean_by_thickness.csv",
+                "clean_error_by_thickness.png", "class_accuracy.csv", "class_accuracy.png",
+                "examples.png",
+                *(f"accuracy_{family}.{ext}" for family in FAMILY_TITLES for ext in ("csv", "png")))
+
+
+def _report_files(out_dir: Path) -> dict[Path, int]:
+    """Report files already in `out_dir` -> their inode (writes replace files atomically)."""
+    return {out_dir / name: (out_dir / name).stat().st_ino for name in REPORT_FILES
+            if (out_dir / name).is_file()}

@@ -193,3 +193,11 @@ def test_predict_table_and_failures(tmp_path, trained):
     assert "1 of 2 images failed" in mixed.output
     no_images = invoke("predict", trained)
     assert no_images.exit_code == 1 and "no images given" in no_images.output
+
+
+def test_messages_print_user_text_as_it_is(tmp_path):
+    """Square brackets in a path are not Rich markup: the error names the path exactly."""
+    missing = tmp_path / "nope[blue]"
+    result = invoke("report", missing)
+    assert result.exit_code == 1
+    assert "nope[blue]" in result.output and result.output.startswith("error:")

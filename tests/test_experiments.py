@@ -178,3 +178,13 @@ def test_run_experiment_then_rerun_does_nothing(tmp_path, tiny_data_dir):
     checkpoint = exp.runs()[0].folder.checkpoint
     os.utime(checkpoint, (1, 1))
     assert not sweep_is_current(exp)
+
+
+def test_a_report_folder_of_the_user_s_is_refused_before_any_training(tmp_path, tiny_data_dir):
+    exp = load_experiment(_write(tmp_path, GOOD))
+    exp.report.mkdir()
+    (exp.report / "README.md").write_text("the user's own notes")
+    with pytest.raises(RobustMnistError, match="did not create it"):
+        run_experiment(exp, data_dir=tiny_data_dir)
+    assert not (exp.output / "runs").exists()  # nothing trained
+    assert (exp.report / "README.md").read_text() == "the user's own notes"

@@ -312,6 +312,9 @@ def test_expand_inputs(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     assert expand_inputs([str(tmp_path)]) == sorted([a, b])
     assert expand_inputs([str(tmp_path / "d1*.jpg")]) == [a]
+    bracketed = tmp_path / "photo[1].jpg"  # an existing name is a file, not a pattern
+    bracketed.write_bytes(a.read_bytes())
+    assert expand_inputs([str(bracketed)]) == [bracketed]
 
 
 # --------------------------------------------------------------------------- property-based

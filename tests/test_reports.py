@@ -88,3 +88,26 @@ def test_wide_accuracy_has_one_row_per_variant_and_signed_levels(tmp_path, synth
     assert wide.loc["thick", "n"] == "0"  # a variant without results stays visible
     absolute = wide_accuracy(accuracy_table(results.rows), "absolute", ["none"])
     assert list(absolute.columns) == ["n", "clean", "1", "4"]
+
+
+def test_a_second_report_into_the_folder_leaves_nothing_of_the_first(tmp_path, synthetic_sweep):
+    """Files of an earlier report the new one does not write (another family) are removed;
+    a user's file in the (robustmnist-owned) folder is kept."""
+    out = tmp_path / "rep"
+    write_report([synthetic_sweep(tmp_path / "a")], out)
+    assert (out / "accuracy_absolute.csv").is_file()
+    (out / "accuracy_absolute.png").touch()
+    (out / "my notes.txt").write_text("mine")
+    (out / "my-analysis.csv").write_text("a,b\n")
+    only_delta = {"none": {0: 90}, "thickness": {0: 95}}
+    second = synthetic_sweep(tmp_path / "b", only_delta)
+    frame = pd.read_csv(second / "sweep.csv")
+    keep = frame["family"].isin(["clean", "delta"]).to_numpy()
+    frame[keep].to_csv(second / "sweep.csv", index=False)
+    data = dict(np.load(second / "predictions.npz"))
+    data["predictions"] = data["predictions"][keep]
+    np.savez(second / "predictions.npz", **data)
+    write_report([second], out)
+    assert (out / "accuracy_delta.csv").is_file() and (out / "README.md").is_file()
+    assert not (out / "accuracy_absolute.csv").exists() and not (out / "accuracy_absolute.png").exists()
+    assert (out / "my notes.txt").read_text() == "mine" and (out / "my-analysis.csv").is_file()
