@@ -108,20 +108,11 @@ def experiment_of(paths: Sequence[Path]) -> tuple[str, str]:
     except (OSError, ValueError, AttributeError):
         exp = None
     if isinstance(exp, dict):
+        from robustmnist.experiments import description_in
+
         return str(exp.get("name", folder.parent.name)), str(exp.get("description") or
-                                                             _described_in(exp.get("source")))
+                                                             description_in(exp.get("source")))
     return folder.resolve().parent.name or "report", ""
-
-
-def _described_in(source: Any) -> str:
-    """The description in an experiment file (records written before it was kept there)."""
-    try:
-        import tomllib
-
-        with open(str(source), "rb") as f:
-            return str(tomllib.load(f).get("description", ""))
-    except (OSError, ValueError, TypeError):
-        return ""
 
 
 # --------------------------------------------------------------------------- statistics

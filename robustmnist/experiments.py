@@ -86,6 +86,16 @@ class Experiment:
                 "variants": [{"name": v.name, "aug": v.aug.__dict__} for v in self.variants]}
 
 
+def description_in(source: Any) -> str:
+    """The description in an experiment file ("" when unreadable): for run records written
+    before experiment.json kept it."""
+    try:
+        with open(str(source), "rb") as f:
+            return str(tomllib.load(f).get("description", ""))
+    except (OSError, ValueError, TypeError):
+        return ""
+
+
 def _shared(config: TrainConfig) -> dict[str, Any]:
     return {f.name: getattr(config, f.name) for f in fields(config) if f.name not in ("aug", "seed")}
 
