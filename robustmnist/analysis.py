@@ -194,11 +194,15 @@ def summary_table(rows: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _runs_by_seed(rows: pd.DataFrame, variant: str) -> pd.Series:
+    return rows[rows["variant"] == variant].drop_duplicates("run").set_index("seed")["run"]
+
+
 def mcnemar_table(results: Results) -> pd.DataFrame:
     """Per variant x family x level: paired McNemar vs the baseline of the same seed."""
     rows = results.rows
     out = []
-    base_runs = rows[rows["variant"] == BASELINE].drop_duplicates("run").set_index("seed")["run"]
+    base_runs = _runs_by_seed(rows, BASELINE)
     for (variant, family, level), g in rows.groupby(["variant", "family", "level"], sort=False):
         if variant == BASELINE:
             continue
@@ -323,10 +327,6 @@ def _is_clear(mc: pd.DataFrame, variant: str, family: str, level: float,
 #: (challenger, rival, which end of each family): the study's question whether redrawing with
 #: a pen beats erosion on thin pens and dilation on thick ones.
 DUELS = (("pen", "thin", "thinnest"), ("pen", "thick", "thickest"))
-
-
-def _runs_by_seed(rows: pd.DataFrame, variant: str) -> pd.Series:
-    return rows[rows["variant"] == variant].drop_duplicates("run").set_index("seed")["run"]
 
 
 def duel(results: Results, acc: pd.DataFrame, a: str, b: str, family: str,
