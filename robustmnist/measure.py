@@ -8,7 +8,8 @@ Two deliberate substitutions make it ~50x faster, with the agreement checked aga
 published values for all 10,000 test digits (tests/test_measure.py, README "Conformance"):
 OpenCV's cubic resize + Gaussian (sigma = 2 x 4 / 6, as pyramid_expand) instead of scikit-image's
 spline, and ``skeletonize`` + OpenCV's exact Euclidean distance transform instead of
-``medial_axis`` (which costs ~60 ms per digit).
+``medial_axis`` (which costs ~60 ms per digit). Each digit is measured on its ink box (same
+values, ~1.6x faster), with distances rounded to the exact grid distances they stand for.
 """
 
 from __future__ import annotations
@@ -43,13 +44,47 @@ def binarise(up: np.ndarray) -> np.ndarray:
     return up >= lo + 0.5 * (hi - lo)
 
 
+#: Margin (px at 28x28) kept around a digit's ink when measuring: more than the reach of the
+#: cubic kernel (2 px) plus the Gaussian (~1.5 px), so the crop's edges stay exactly 0.
+_MARGIN = 5
+
+
+def _ink_box(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
+    """Rows and columns of `mask`'s True pixels, widened by `margin` (None if none)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if len(rows) == 0:
+        return None
+    h, w = mask.shape
+    return (slice(max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, h)),
+            slice(max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, w)))
+
+
 def _thickness_one(image: np.ndarray) -> float:
-    binary = binarise(upscale(image))
+    """One digit's thickness. The work runs on the digit's ink box (margins keep every value
+    that the full 112x112 image would give: zeros beyond, so the same threshold, skeleton and
+    distances), about 1.6x faster than on the whole image (tests/test_measure.py compares)."""
+    box = _ink_box(image, _MARGIN)
+    if box is None:
+        return float("nan")
+    binary = binarise(upscale(np.ascontiguousarray(image[box])))
+    # A 1-px background frame: every stroke pixel's nearest background pixel is inside it.
+    tight = _ink_box(binary, 1)
+    if tight is None:
+        return float("nan")
+    binary = np.ascontiguousarray(binary[tight])
     skeleton = skeletonize(binary)
     if not skeleton.any():
         return float("nan")
     distance = cv2.distanceTransform(binary.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    return float(2.0 * distance[skeleton].mean() / UPSCALE)
+    return float(2.0 * _exact(distance[skeleton]).mean() / UPSCALE)
+
+
+def _exact(distance: np.ndarray) -> np.ndarray:
+    """Euclidean distances on the pixel grid, exactly: the square roots of the whole squared
+    distances that OpenCV's float32 result rounds to. OpenCV's last bit depends on where the
+    image starts; these do not (float64)."""
+    d = distance.astype(np.float64)
+    return np.sqrt(np.rint(d * d))
 
 
 def _measure_chunk(images: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ into ink with one elementwise expression, ``ink = clamp(width / 2 + 0.5 - distan
 * the ``photo`` test family draws the skeleton at photo resolution (`PhotoDigit`).
 
 Pen widths of the augmentation are on the *measured* scale: each digit's calibration (its
-thickness measured at render widths 2-7 px) maps a nominal width to the render width that
+thickness measured at render widths 2-9 px) maps a nominal width to the render width that
 measures that much, because a wide pen fills loops and junctions, where the Morpho-MNIST measure
 reads more than the pen (an 8 drawn at 6 px measures ~8.7 px). Below ~1.5 px the measure cannot
 confirm a width: a 1-px pen measures ~1.5 px (the measurement floor).
@@ -39,13 +39,13 @@ from robustmnist import artifacts
 from robustmnist.measure import UPSCALE, as_digits, binarise, map_chunks, measure_thickness, upscale
 
 #: Allowed pen widths of the augmentation, px of measured stroke thickness at 28x28.
-PEN_RANGE = (1.0, 7.0)
+PEN_RANGE = (1.0, 9.0)
 #: Render widths at which each atlas digit is measured (its calibration knots), px.
-CALIBRATION_WIDTHS = (2.0, 3.0, 4.0, 5.0, 6.0, 7.0)
+CALIBRATION_WIDTHS = (2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
 #: Atlas distances are stored as uint8 in units of 1/DIST_STEP px (saturating at ~8 px).
 DIST_STEP = 32
 #: Bump when the atlas computation changes: every cached atlas is then rebuilt.
-ATLAS_VERSION = 1
+ATLAS_VERSION = 2
 
 #: The photo family: height of the written digit (ink, outside to outside), px; image side
 #: relative to it; JPEG quality. Bump PHOTO_VERSION when the rendering changes.

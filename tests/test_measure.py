@@ -64,3 +64,31 @@ def test_conformance_full_test_set():
     ours = measure_thickness(images)
     assert np.corrcoef(ours, reference)[0, 1] >= 0.98
     assert abs(np.mean(ours - reference)) <= 0.1
+
+
+def _thickness_on_whole_image(image):
+    """The definition computed on the whole 112x112 image (no ink box): what the cropped
+    measure must reproduce exactly."""
+    from skimage.morphology import skeletonize
+
+    from robustmnist.measure import _exact, binarise, upscale
+
+    binary = binarise(upscale(image))
+    skeleton = skeletonize(binary)
+    if not skeleton.any():
+        return np.nan
+    distance = cv2.distanceTransform(binary.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return 2.0 * _exact(distance[skeleton]).mean() / 4
+
+
+def test_ink_box_measure_equals_the_whole_image():
+    with np.load(DATA) as z:
+        images = z["images"][:60]
+    # Digits pushed against every edge and corner: the box then meets the image border.
+    shifted = [np.roll(images[0], s, axis=a) for s, a in ((-4, 0), (5, 0), (-5, 1), (6, 1))]
+    corner = np.zeros((28, 28), np.uint8)
+    corner[:6, :5] = 255
+    faint = (images[1] // 40).astype(np.uint8)  # a low-contrast digit, same threshold rule
+    batch = np.stack([*images, *shifted, corner, faint])
+    expected = np.array([_thickness_on_whole_image(im) for im in batch])
+    np.testing.assert_array_equal(measure_thickness(batch, workers=1), expected)

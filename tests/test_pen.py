@@ -57,10 +57,10 @@ def test_one_px_pen_sits_at_the_measurement_floor(strokes_atlas):
 
 
 def test_render_width_inverts_the_calibration():
-    knots = torch.tensor([[1.0, 2.2, 3.1, 4.5, 6.0, 7.5, 9.0]])
-    widths = torch.tensor([1.0, 2.2, 3.8, 9.0, 0.5, 12.0])
+    knots = torch.tensor([[1.0, 2.2, 3.1, 4.5, 6.0, 7.5, 9.0, 10.5, 12.0]])
+    widths = torch.tensor([1.0, 2.2, 3.8, 9.0, 0.5, 14.0])
     got = pen.render_width(knots.expand(len(widths), -1).contiguous(), widths)
-    torch.testing.assert_close(got, torch.tensor([1.0, 2.0, 3.5, 7.0, 1.0, 7.0]))
+    torch.testing.assert_close(got, torch.tensor([1.0, 2.0, 3.5, 7.0, 1.0, 9.0]))
 
 
 def test_blank_digit_is_not_drawable():
@@ -154,7 +154,7 @@ def test_photo_levels_read_back_as_mnist_digits(tiny_arrays):
 
 @pytest.mark.slow
 @pytest.mark.realdata
-@pytest.mark.parametrize("width", [2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0])
+@pytest.mark.parametrize("width", [2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 7.0, 8.0])
 def test_pen_widths_on_real_digits(width, real_atlas):
     measured = measure_thickness(_as_u8(pen.draw(real_atlas, torch.full((len(real_atlas),), width))),
                                  workers=1)
