@@ -13,6 +13,8 @@ Policies are configurations of one mechanism, not code copies:
                            pen of measured width uniform in [1, 6] px (``pen.py``)
 ``pen+thickness+affine``   half the digits redrawn with a pen, the other half get the
                            ``thickness`` change; then the affine on all
+``wide-pen+thickness+``    70 % redrawn with a pen of 1-9 px (up to a 5x5 dilation's
+``affine``                 measured width), the rest the ``thickness`` change; the affine
 =========================  ==========================================================
 
 Randomness comes from a seeded ``torch.Generator`` on the training device, so a run replays
@@ -129,8 +131,10 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None) -> 
         if atlas is None or len(atlas) != x.shape[0]:
             raise ValueError("a pen policy needs the PenAtlas rows of the batch's digits "
                              f"({x.shape[0]}), got {'none' if atlas is None else len(atlas)}")
-        redrawn = (params.pen_width_px > 0) & atlas.drawable
-        out = torch.where(redrawn.view(-1, 1, 1, 1), draw(atlas, params.pen_width_px).to(x.dtype), x)
+        rows = torch.nonzero((params.pen_width_px > 0) & atlas.drawable).flatten()
+        if rows.numel():  # only the redrawn rows are rendered (each row's ink is its own)
+            pens = draw(atlas[rows], params.pen_width_px.index_select(0, rows))
+            out = x.index_copy(0, rows, pens.to(x.dtype))
     if bool((params.stroke_delta_px != 0).any()):
         out = apply_stroke_delta(out, params.stroke_delta_px)
     if params.affine is not None:

@@ -129,6 +129,8 @@ POLICIES: dict[str, dict[str, Any]] = {
     "pen": {"p_pen": 0.8},
     "pen+thickness+affine": {"p_pen": 0.5, "delta_min_px": -1.0, "delta_max_px": 2.0,
                              "affine": True},
+    "wide-pen+thickness+affine": {"p_pen": 0.7, "pen_max_px": 9.0, "delta_min_px": -1.0,
+                                  "delta_max_px": 2.0, "affine": True},
 }
 
 

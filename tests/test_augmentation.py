@@ -120,6 +120,20 @@ def test_pen_replaces_the_digit_and_zero_keeps_it(device, width):
     assert drawn.device == x.device and drawn.dtype == x.dtype and not torch.equal(drawn, x)
 
 
+def test_mixed_batch_redraws_exactly_its_pen_rows(device):
+    # Only the rows with a pen are rendered: each must be its own digit's drawing, the others
+    # untouched (a row mix-up in the subset path would swap digits).
+    x = _batch(device, 8)
+    atlas = _atlas(x)
+    widths = torch.tensor([0.0, 2.0, 0.0, 4.5, 3.0, 0.0, 0.0, 6.0], device=device)
+    out = apply(x, AugParams(torch.zeros(8, device=device), None, widths), atlas)
+    from robustmnist.pen import draw
+
+    for i, w in enumerate(widths.tolist()):
+        expected = x[i] if w == 0 else draw(atlas[i:i + 1], widths[i:i + 1])[0]
+        torch.testing.assert_close(out[i], expected, rtol=0, atol=0)
+
+
 def test_thicker_pen_more_ink(device):
     x = _batch(device, 8)
     atlas = _atlas(x)
@@ -140,7 +154,7 @@ def test_pen_policy_needs_the_atlas_rows(device):
 
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"pen_min_px": 5.0, "pen_max_px": 2.0}, "pen range"),
-    ({"pen_max_px": 9.0}, "pen_max_px: must be <= 7"),
+    ({"pen_max_px": 9.5}, "pen_max_px: must be <= 9"),
     ({"pen_min_px": 0.5}, "pen_min_px: must be >= 1"),
     ({"p_pen": 1.5}, "p_pen"),
 ])
