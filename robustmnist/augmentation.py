@@ -2,20 +2,20 @@
 
 Policies are configurations of one mechanism, not code copies:
 
-=========================  ==========================================================
-``none``                   the baseline: the batch is untouched
-``thickness``              random signed stroke change in [-1, +2] px (thin and thick)
-``thin``                   erosion only, [-1, 0] px
-``thick``                  dilation only, [0, +2] px
-``thickness+affine``       ``thickness`` plus a small random affine (the "is it just
-                           more augmentation?" control)
-``pen``                    80 % of the digits redrawn along their own skeleton with a
-                           pen of measured width uniform in [1, 6] px (``pen.py``)
-``pen+thickness+affine``   half the digits redrawn with a pen, the other half get the
-                           ``thickness`` change; then the affine on all
-``wide-pen+thickness+``    70 % redrawn with a pen of 1-9 px (up to a 5x5 dilation's
-``affine``                 measured width), the rest the ``thickness`` change; the affine
-=========================  ==========================================================
+=============================  ======================================================
+``none``                       the baseline: the batch is untouched
+``thickness``                  random signed stroke change in [-1, +2] px (thin and thick)
+``thin``                       erosion only, [-1, 0] px
+``thick``                      dilation only, [0, +2] px
+``thickness+affine``           ``thickness`` plus a small random affine (the "is it just
+                               more augmentation?" control)
+``pen``                        80 % of the digits redrawn along their own skeleton with a
+                               pen of measured width uniform in [1, 6] px (``pen.py``)
+``pen+thickness+affine``       half the digits redrawn with a pen, the other half get the
+                               ``thickness`` change (80 % of them); then the affine on all
+``wide-pen+thickness+affine``  70 % redrawn with a pen of [1, 9] px (up to a 5x5 dilation's
+                               measured width), the rest as above; then the affine
+=============================  ======================================================
 
 Randomness comes from a seeded ``torch.Generator`` on the training device, so a run replays
 exactly; parameters are drawn first (`sample`), then applied deterministically (`apply`).

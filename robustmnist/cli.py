@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from robustmnist import RobustMnistError, __version__
-from robustmnist.config import aug_from_options
+from robustmnist.config import POLICIES, aug_from_options
 from robustmnist.console import (
     RichProgress,
     err,
@@ -100,8 +100,7 @@ def data_export(
 @app.command()
 @handles_errors
 def train(
-    aug: Annotated[str, typer.Option(help="Augmentation policy: none | thickness | thin | thick "
-                                     "| thickness+affine | pen | pen+thickness+affine.")] = "none",
+    aug: Annotated[str, typer.Option(help=f"Augmentation policy: {' | '.join(POLICIES)}.")] = "none",
     aug_range: Annotated[str | None, typer.Option(
         help="Stroke change range MIN,MAX in px of width at 28x28 (<0 thins), within -2,2. "
              "Default: the policy's (thickness -1,2; thin -1,0; thick 0,2).")] = None,

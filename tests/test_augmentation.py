@@ -124,13 +124,15 @@ def test_mixed_batch_redraws_exactly_its_pen_rows(device):
     # Only the rows with a pen are rendered: each must be its own digit's drawing, the others
     # untouched (a row mix-up in the subset path would swap digits).
     x = _batch(device, 8)
+    x[5] = 0  # a blank digit: nothing to redraw, kept as it is even with a pen
     atlas = _atlas(x)
-    widths = torch.tensor([0.0, 2.0, 0.0, 4.5, 3.0, 0.0, 0.0, 6.0], device=device)
+    widths = torch.tensor([0.0, 2.0, 0.0, 4.5, 3.0, 5.0, 0.0, 6.0], device=device)
     out = apply(x, AugParams(torch.zeros(8, device=device), None, widths), atlas)
     from robustmnist.pen import draw
 
+    assert atlas.drawable.tolist() == [True] * 5 + [False] + [True] * 2
     for i, w in enumerate(widths.tolist()):
-        expected = x[i] if w == 0 else draw(atlas[i:i + 1], widths[i:i + 1])[0]
+        expected = x[i] if w == 0 or i == 5 else draw(atlas[i:i + 1], widths[i:i + 1])[0]
         torch.testing.assert_close(out[i], expected, rtol=0, atol=0)
 
 
@@ -164,9 +166,10 @@ def test_bad_pen_parameters(kwargs, match):
 
 
 @pytest.mark.gpu
-def test_pen_policy_on_cuda_matches_cpu():
+@pytest.mark.parametrize("p_pen", [1.0, 0.5])  # 0.5: redrawn and kept rows mixed
+def test_pen_policy_on_cuda_matches_cpu(p_pen):
     x = _batch(torch.device("cpu"))
-    config = AugConfig.from_policy("pen", p_pen=1.0)
+    config = AugConfig.from_policy("pen", p_pen=p_pen)
     params = sample(config, len(x), torch.Generator().manual_seed(3))
     atlas = _atlas(x)
     cuda_params = AugParams(params.stroke_delta_px.cuda(), None, params.pen_width_px.cuda())

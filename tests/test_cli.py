@@ -44,6 +44,10 @@ def test_version_and_help():
     assert result.exit_code == 0
     for option in ("--aug", "--aug-range", "--aug-p", "--resume", "--epochs", "--device"):
         assert option in result.output
+    from robustmnist.config import POLICIES
+
+    for policy in POLICIES:  # the list is built from the registry: a new policy shows up
+        assert f" {policy} " in result.output.replace("|", " ").replace(".", " ")
 
 
 def test_data_fetch_and_export(tmp_path, tiny_data_dir, tiny_arrays):

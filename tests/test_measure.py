@@ -67,28 +67,42 @@ def test_conformance_full_test_set():
 
 
 def _thickness_on_whole_image(image):
-    """The definition computed on the whole 112x112 image (no ink box): what the cropped
-    measure must reproduce exactly."""
+    """The definition computed on the whole 112x112 image, with SciPy's exact Euclidean
+    distance transform (independent of OpenCV's and of the ink box): what the measure must
+    reproduce exactly."""
+    from scipy.ndimage import distance_transform_edt
     from skimage.morphology import skeletonize
 
-    from robustmnist.measure import _exact, binarise, upscale
+    from robustmnist.measure import binarise, upscale
 
     binary = binarise(upscale(image))
     skeleton = skeletonize(binary)
     if not skeleton.any():
         return np.nan
-    distance = cv2.distanceTransform(binary.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    return 2.0 * _exact(distance[skeleton]).mean() / 4
+    return 2.0 * distance_transform_edt(binary)[skeleton].mean() / 4
+
+
+def _shifted(image, dy, dx):
+    """`image` moved by (dy, dx) px, zeros coming in (no wrap-around)."""
+    out = np.zeros_like(image)
+    h, w = image.shape
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        image[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
 
 
 def test_ink_box_measure_equals_the_whole_image():
     with np.load(DATA) as z:
         images = z["images"][:60]
-    # Digits pushed against every edge and corner: the box then meets the image border.
-    shifted = [np.roll(images[0], s, axis=a) for s, a in ((-4, 0), (5, 0), (-5, 1), (6, 1))]
+    # A digit pushed against each edge and into a corner: its box then meets the image border.
+    rows, cols = np.flatnonzero(images[0].any(1)), np.flatnonzero(images[0].any(0))
+    pushes = [(-rows[0], 0), (27 - rows[-1], 0), (0, -cols[0]), (0, 27 - cols[-1]),
+              (-rows[0], 27 - cols[-1])]
+    shifted = [_shifted(images[0], dy, dx) for dy, dx in pushes]
+    assert all(s[0].any() or s[-1].any() or s[:, 0].any() or s[:, -1].any() for s in shifted)
     corner = np.zeros((28, 28), np.uint8)
     corner[:6, :5] = 255
     faint = (images[1] // 40).astype(np.uint8)  # a low-contrast digit, same threshold rule
-    batch = np.stack([*images, *shifted, corner, faint])
+    batch = np.stack([*images, *shifted, corner, faint, np.zeros((28, 28), np.uint8)])
     expected = np.array([_thickness_on_whole_image(im) for im in batch])
     np.testing.assert_array_equal(measure_thickness(batch, workers=1), expected)
