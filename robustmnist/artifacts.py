@@ -49,6 +49,18 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete the temporary files `atomic_path` left in a folder robustmnist owns when a write
+    was killed (SIGKILL, power loss): call it holding the folder's lock. Returns them."""
+    folder = Path(folder)
+    if not owns(folder):
+        return []
+    stale = [p for p in folder.glob(".*.tmp") if p.is_file() and not p.is_symlink()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def current_umask() -> int:
     """The process umask (read without changing it for long)."""
     mask = os.umask(0)
@@ -103,6 +115,28 @@ def claim_dir(path: Path, what: str = "folder") -> Path:
             mark.write_text(json.dumps({"created_by": "robustmnist", "version": __version__}) + "\n")
     except OSError as err:
         raise write_error(path, err) from None
+    return path
+
+
+def check_replaceable(path: Path, starts: bytes, what: str) -> Path:
+    """Refuse to write the file `path` over something robustmnist did not write: an existing
+    file is replaced only when it begins with `starts` (the signature of a `what`).
+
+    >>> check_replaceable(Path("no-such-file.png"), b"\\x89PNG", "PNG")
+    PosixPath('no-such-file.png')
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise RobustMnistError(f"{path} is a folder; name a file for the {what}")
+    if path.exists():
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(starts))
+        except OSError as err:
+            raise write_error(path, err) from None
+        if head != starts:
+            raise RobustMnistError(f"{path} exists and is not a {what} robustmnist wrote; choose "
+                                   "another path or move that file away")
     return path
 
 

@@ -91,7 +91,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
                                "retrain or restore it") from None
     except PermissionError:
         raise RobustMnistError(f"{path}: permission denied; make it readable") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, IndexError,
+            KeyError, TypeError, AttributeError) as err:  # a text file: the legacy unpickler fails oddly
         raise RobustMnistError(f"{path} is corrupt or not a checkpoint ({type(err).__name__}); "
                                "retrain or restore it") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from robustmnist import RobustMnistError, __version__
-from robustmnist.config import POLICIES, aug_from_options
+from robustmnist.config import MAX_SEED, POLICIES, aug_from_options
 from robustmnist.console import (
     RichProgress,
     err,
@@ -21,6 +21,10 @@ from robustmnist.console import (
     prediction_table,
     sweep_table,
 )
+
+#: What a file that robustmnist may replace begins with: a PNG it drew, a CSV `measure` wrote.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MEASURE_HEADER = b"index,label,thickness,ink_ratio"
 
 app = typer.Typer(help="Train MNIST ConvNets with stroke-thickness augmentation, test them on "
                   "thin and thick pens, write reports, read your own digit photos.",
@@ -161,8 +165,12 @@ def eval_cmd(
 
     if (family or levels) and not sweep_width:
         raise RobustMnistError("--family/--levels choose sweep levels; add --sweep-width")
-    level_list = _floats("--levels", levels) if levels else None
+    level_list = _floats("--levels", levels) if levels is not None else None  # '' is refused
     families = parse_levels(family or ["delta", "absolute"], level_list) if sweep_width else {}
+    if out_dir is not None:  # before the sweep: a refused folder must not cost its minutes
+        from robustmnist import artifacts
+
+        artifacts.claim_dir(out_dir, "sweep folder")
     result = sweep(checkpoints, families, device=resolve_device(device), data_dir=data_dir,
                    log=logger(quiet))
     frame = result.frame()
@@ -256,6 +264,8 @@ def measure(
     if reference is not None and (family != "clean" or split != "test"):
         raise RobustMnistError("the reference describes the clean test set: use --split test "
                                "--family clean")
+    if out_csv is not None:  # before the work: a user's file is never replaced
+        artifacts.check_replaceable(out_csv, MEASURE_HEADER, "thickness CSV")
     m = measure_set(split, family, level, data_dir, logger(quiet))
     t = m.thickness
     out.print(f"{split} {family} {level:g}: {len(t)} digits, thickness {np.nanmean(t):.2f} +/- "
@@ -287,11 +297,15 @@ def augment_preview(
     data_dir: DataDir = None, quiet: Quiet = False,
 ) -> None:
     """Write a PNG grid: the same training digits under several draws of a policy."""
+    from robustmnist import artifacts
     from robustmnist.data import load_split
     from robustmnist.plots import preview_figure, save
 
     if not (1 <= digits <= 64 and 1 <= draws <= 32):
         raise RobustMnistError(f"--digits {digits} / --draws {draws}: choose 1-64 digits and 1-32 draws")
+    if not 0 <= seed <= MAX_SEED:
+        raise RobustMnistError(f"--seed {seed}: choose a seed in [0, {MAX_SEED}]")
+    artifacts.check_replaceable(out_png, PNG_SIGNATURE, "PNG")
     config = aug_from_options(aug, aug_range, aug_p)
     images = load_split("train", data_dir, log=logger(quiet)).images[:digits]
     fig, deltas = preview_figure(images, config, draws, seed)

@@ -163,13 +163,15 @@ class AugConfig:
         return thickness_off and not self.affine and self.p_pen == 0
 
     def check_together(self) -> None:
+        # Named by their first field, so a TOML error reads "key 'variants[0].pen_min_px': ...".
         if self.delta_min_px > self.delta_max_px:
             raise RobustMnistError(
-                f"augmentation range [{self.delta_min_px:g}, {self.delta_max_px:g}] px is invalid; "
-                "need min <= max")
+                f"delta_min_px: augmentation range [{self.delta_min_px:g}, {self.delta_max_px:g}] px "
+                "is invalid; need delta_min_px <= delta_max_px")
         if self.pen_min_px > self.pen_max_px:
             raise RobustMnistError(
-                f"pen range [{self.pen_min_px:g}, {self.pen_max_px:g}] px is invalid; need min <= max")
+                f"pen_min_px: pen range [{self.pen_min_px:g}, {self.pen_max_px:g}] px is invalid; "
+                "need pen_min_px <= pen_max_px")
 
     def validate(self) -> AugConfig:
         return check(self)
@@ -237,4 +239,11 @@ def aug_from_options(policy: str, aug_range: str | None, aug_p: float | None) ->
             lo, hi = (float(v) for v in aug_range.split(","))
         except ValueError:
             raise RobustMnistError(f"--aug-range {aug_range!r}: expected MIN,MAX such as -1,2") from None
-    return AugConfig.from_policy(policy, delta_min_px=lo, delta_max_px=hi, p_untouched=aug_p)
+    try:
+        return AugConfig.from_policy(policy, delta_min_px=lo, delta_max_px=hi, p_untouched=aug_p)
+    except RobustMnistError as err:
+        # Name the option the user typed, not the field it sets.
+        key, sep, reason = str(err).partition(": ")
+        flag = {"delta_min_px": "--aug-range", "delta_max_px": "--aug-range",
+                "p_untouched": "--aug-p"}.get(key)
+        raise RobustMnistError(f"{flag} ({key}): {reason}" if flag and sep else str(err)) from None

@@ -4,7 +4,9 @@ CLI layer: the library never prints."""
 from __future__ import annotations
 
 import functools
+import signal
 import tempfile
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -29,10 +31,14 @@ def fail(message: str) -> None:
 
 
 def handles_errors(fn: F) -> F:
-    """One 'error: ...' line and exit code 1 for every failure; Ctrl-C exits 130. An
-    unexpected exception also saves its traceback to a file named in the message."""
+    """One 'error: ...' line and exit code 1 for every failure; Ctrl-C (and SIGTERM, e.g. a
+    job scheduler's stop) exits 130 after the same clean-up. An unexpected exception also
+    saves its traceback to a file named in the message."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):
@@ -52,8 +58,15 @@ def handles_errors(fn: F) -> F:
                 traceback.print_exc(file=f)
             fail(f"unexpected {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''} "
                   f"(a bug; full traceback in {f.name})")
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         raise typer.Exit(1)
     return wrapper  # type: ignore[return-value]
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def logger(quiet: bool) -> Callable[[str], None]:

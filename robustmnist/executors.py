@@ -78,7 +78,7 @@ def make_executor(kind: str, jobs: int = 1, address: str | None = None,
     raise RobustMnistError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")
 
 
-def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
+def exit_with_parent(parent: int, every_s: float = 1.0) -> None:
     """Pool-worker initializer: stop when the driver is gone (killed with SIGKILL/SIGTERM, it
     cannot tell its workers), instead of training on as an orphan."""
     import threading
@@ -111,7 +111,7 @@ class LocalExecutor:
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
         ctx = multiprocessing.get_context("spawn")  # fork + OpenMP threads can deadlock
         with ProcessPoolExecutor(max_workers=self.jobs, mp_context=ctx,
-                                 initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
+                                 initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(train_one, run, data_dir, threads): run for run in runs}
             pending = set(futures)
             while pending:

@@ -228,6 +228,9 @@ def _parse_sweep(path: Path, raw: dict[str, Any]) -> dict[str, list[float]]:
             or len(set(families)) != len(families)):
         raise _fail(path, "sweep.families", f"expected distinct names from {list(DEFAULT_LEVELS)}, "
                     f"got {str(families)[:200]}")
+    if unused := [f for f in DEFAULT_LEVELS if f in raw and f not in families]:
+        raise _fail(path, f"sweep.{unused[0]}", f"levels for a family that sweep.families does not "
+                    f"list ({families}); add '{unused[0]}' to families or remove these levels")
     out = {}
     for family in families:
         levels = raw.get(family, list(DEFAULT_LEVELS[family]))

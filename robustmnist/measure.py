@@ -99,9 +99,21 @@ def map_chunks(fn: Callable[[np.ndarray], Any], images: np.ndarray,
     workers = workers or ((os.cpu_count() or 1) if len(images) >= 2000 else 1)
     if workers <= 1:
         return [fn(images)]
+    from robustmnist.executors import exit_with_parent
+
     parts = np.array_split(images, workers * 4)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # Workers stop when this process is killed (they would build on as orphans) and are
+    # stopped at once when it is interrupted (instead of finishing their chunks first).
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=exit_with_parent,
+                               initargs=(os.getpid(),))
+    try:
         return list(pool.map(fn, parts))
+    except BaseException:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def as_digits(images: np.ndarray) -> np.ndarray:
@@ -157,10 +169,21 @@ def compare_to_reference(thickness: np.ndarray, reference_csv: Path) -> dict[str
     ref = pd.to_numeric(frame["thickness"], errors="coerce").to_numpy(float)
     if len(ref) != len(thickness):
         raise RobustMnistError(f"reference {reference_csv}: {len(ref)} rows for {len(thickness)} "
-                               "digits; it describes the clean test set (use --split test)")
+                               "digits; it must describe the 10,000 clean test digits, one row each")
+    if "index" in frame.columns:  # Morpho-MNIST's own column: rows may come in any order
+        index = pd.to_numeric(frame["index"], errors="coerce").to_numpy(float)
+        if not np.array_equal(np.sort(index), np.arange(len(ref))):
+            raise RobustMnistError(f"reference {reference_csv}: its 'index' column is not 0 to "
+                                   f"{len(ref) - 1} once each; pass Morpho-MNIST's t10k-morpho.csv")
+        ordered = np.empty_like(ref)
+        ordered[index.astype(int)] = ref
+        ref = ordered
     ok = np.isfinite(thickness) & np.isfinite(ref)
     if ok.sum() < 2:
         raise RobustMnistError(f"reference {reference_csv}: fewer than 2 digits measured on both sides")
+    if np.ptp(ref[ok]) == 0 or np.ptp(thickness[ok]) == 0:
+        raise RobustMnistError(f"reference {reference_csv}: one side has the same thickness for "
+                               "every digit, so no correlation can be computed; check the file")
     diff = thickness[ok] - ref[ok]
     return {"pearson_r": float(np.corrcoef(thickness[ok], ref[ok])[0, 1]),
             "bias": float(diff.mean()), "mean_abs_diff": float(np.abs(diff).mean()), "n": int(ok.sum())}

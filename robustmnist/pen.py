@@ -197,10 +197,11 @@ def _load_atlas(path: Path, n: int) -> PenAtlas | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             distance, knots = z["distance"], z["knots"]
-            meta: dict[str, Any] = json.loads(str(z["meta"]))
+            meta: Any = json.loads(str(z["meta"]))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
         return None
-    if (distance.shape != (n, 28, 28) or knots.shape != (n, len(CALIBRATION_WIDTHS) + 1)
+    if (not isinstance(meta, dict) or distance.shape != (n, 28, 28)
+            or knots.shape != (n, len(CALIBRATION_WIDTHS) + 1)
             or meta.get("sha256") != _sha256(distance) + _sha256(knots)):
         return None
     return PenAtlas(torch.from_numpy(distance).unsqueeze(1), torch.from_numpy(knots))
@@ -215,6 +216,9 @@ def load_or_build_atlas(images: np.ndarray, cache_dir: Path | None, workers: int
     if cache_dir is None:
         return build_atlas(images, workers), True
     path = atlas_path(cache_dir, images)
+    # A valid cached atlas is read without the lock: a read-only data folder serves as is.
+    if path.exists() and (cached := _load_atlas(path, len(images))) is not None:
+        return cached, False
     lock = FileLock(f"{path}.lock")  # a second training waits for the first one's atlas
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -223,8 +227,9 @@ def load_or_build_atlas(images: np.ndarray, cache_dir: Path | None, workers: int
         raise artifacts.write_error(path, err) from None
     try:
         if path.exists() and (cached := _load_atlas(path, len(images))) is not None:
-            return cached, False
-        log(f"building the pen atlas of {len(images):,} digits (skeletons and calibration, once; "
+            return cached, False  # built meanwhile by the holder of the lock
+        why = "unreadable or failing its checksum: rebuilding it" if path.exists() else "once"
+        log(f"building the pen atlas of {len(images):,} digits (skeletons and calibration, {why}; "
             f"cached in {path.parent})")
         atlas = build_atlas(images, workers)
         distance, knots = atlas.distance[:, 0].numpy(), atlas.knots.numpy()

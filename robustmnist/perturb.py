@@ -82,7 +82,8 @@ def check_level(family: str, level: float) -> None:
     lo, hi = LEVEL_RANGE[family]
     if not lo <= level <= hi:
         unit = LEVEL_UNIT.get(family, "px")
-        raise RobustMnistError(f"{family} level {level:g} is outside [{lo:g}, {hi:g}] {unit}")
+        # repr, not %g: 8.000001 must not read as 8 next to a limit of 8
+        raise RobustMnistError(f"{family} level {level!r} is outside [{lo:g}, {hi:g}] {unit}")
     if family == "delta" and level != 0 and (abs(level) * 2 * UPSCALE / 2) % 1:
         raise RobustMnistError(f"delta level {level:g}: must be a multiple of 0.25 px "
                                "(disk radius is whole pixels at x4)")
@@ -194,10 +195,11 @@ def _load(path: Path, family: str, level: float) -> PerturbedSet | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             images, thickness, ink = z["images"], z["thickness"], z["ink_ratio"]
-            meta: dict[str, Any] = json.loads(str(z["meta"]))
+            meta: Any = json.loads(str(z["meta"]))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
         return None
-    if meta.get("pixels_sha256") != _pixels_sha256(images) or len(thickness) != len(images):
+    if (not isinstance(meta, dict) or meta.get("pixels_sha256") != _pixels_sha256(images)
+            or len(thickness) != len(images)):
         return None
     return PerturbedSet(family, level, images, thickness, ink)
 

@@ -103,6 +103,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, force: bo
     device = resolve_device(config.device)
     artifacts.claim_dir(run.root, what="run folder")
     with artifacts.folder_lock(run.root, "run folder"):
+        artifacts.remove_stale_temp_files(run.root)  # of a write killed in an earlier attempt
         return _train_locked(config, run, device, resume=resume, force=force, data_dir=data_dir,
                              train_split=train_split, test_split=test_split,
                              progress=progress or Progress(), variant=variant, log=log)

@@ -107,6 +107,10 @@ def test_missing_and_corrupt_files(tmp_path):
     bad.write_bytes(b"not a zip file at all")
     with pytest.raises(RobustMnistError, match="corrupt"):
         load_checkpoint(bad)
+    for name, text in (("metrics.csv", "epoch,train_loss\n1,0.5\n"), ("hello.pt", "hello")):
+        (tmp_path / name).write_text(text)  # text files: torch's legacy reader fails oddly
+        with pytest.raises(RobustMnistError, match="corrupt or not a checkpoint"):
+            load_checkpoint(tmp_path / name)
     path, _, _ = _saved(tmp_path)
     cut = tmp_path / "cut.pt"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])

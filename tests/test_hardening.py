@@ -273,6 +273,9 @@ BASE = '[train]\nepochs = 1\n[[variants]]\npolicy = "none"\n'
     (BASE + "affine_degrees = inf\n", "variants[0].affine_degrees"),
     (BASE + 'name = "a\\u0000b"\n', "variants[0].name"),
     ("epochs = 1\n" + BASE, "epochs"),
+    (BASE + "pen_min_px = 8.0\npen_max_px = 3.0\n", "variants[0].pen_min_px"),
+    (BASE + "delta_min_px = 2.0\ndelta_max_px = -1.0\n", "variants[0].delta_min_px"),
+    ('[sweep]\nfamilies = ["delta"]\nladder = [9.0]\n' + BASE, "sweep.ladder"),
 ])
 def test_experiment_limits_name_file_and_key(tmp_path, text, key):
     path = tmp_path / "e.toml"
@@ -323,8 +326,8 @@ def test_pool_workers_stop_when_the_driver_is_killed():
     import sys
     import time
 
-    worker = ("import os, time; from robustmnist.executors import _exit_with_parent; "
-              "_exit_with_parent(os.getppid(), 0.05); time.sleep(30)")
+    worker = ("import os, time; from robustmnist.executors import exit_with_parent; "
+              "exit_with_parent(os.getppid(), 0.05); time.sleep(30)")
     driver = (f"import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', {worker!r}]); "
               "print(p.pid, flush=True)")  # exits at once: the worker loses its parent
     out = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, check=True)
@@ -338,3 +341,153 @@ def test_pool_workers_stop_when_the_driver_is_killed():
         time.sleep(0.1)
     os.kill(pid, 9)
     raise AssertionError("the orphaned worker kept running")
+
+
+# --------------------------------------------------------------------------- second audit
+
+
+def test_cross_field_error_reads_key_then_reason(tmp_path):
+    path = tmp_path / "e.toml"
+    path.write_text(BASE + "pen_min_px = 8.0\npen_max_px = 3.0\n")
+    with pytest.raises(RobustMnistError) as info:
+        load_experiment(path)
+    assert str(info.value) == (f"{path}: key 'variants[0].pen_min_px': pen range [8, 3] px is "
+                               "invalid; need pen_min_px <= pen_max_px")
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (["--aug", "thickness", "--aug-p", "1.5"], "--aug-p (p_untouched): must be <= 1"),
+    (["--aug", "thickness", "--aug-range", "2,-1"], "--aug-range (delta_min_px)"),
+    (["--aug", "thickness", "--aug-range", "-3,1"], "--aug-range (delta_min_px): must be >= -2"),
+])
+def test_aug_option_errors_name_the_option(tmp_path, tiny_data_dir, args, flag):
+    one_error_line(invoke("train", *args, "--out", tmp_path / "r"), flag)
+    assert not (tmp_path / "r").exists()
+
+
+def test_preview_and_measure_never_replace_a_users_file(tmp_path, tiny_data_dir):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    one_error_line(invoke("augment", "preview", "--out", notes, "-q"), "is not a PNG")
+    one_error_line(invoke("measure", "--out", notes, "-q"), "is not a thickness CSV")
+    assert notes.read_text() == "my notes"
+    png, csv = tmp_path / "p.png", tmp_path / "t.csv"
+    for _ in range(2):  # its own earlier output is replaced
+        assert invoke("augment", "preview", "--out", png, "--digits", "2", "--draws", "2",
+                      "-q").exit_code == 0
+        assert invoke("measure", "--out", csv, "-q").exit_code == 0
+    one_error_line(invoke("augment", "preview", "--seed", str(2**70), "--out", png, "-q"), "--seed")
+
+
+def test_measure_reference_rows_by_index_and_a_constant_column(tmp_path, tiny_data_dir):
+    import pandas as pd
+
+    ours = tmp_path / "ours.csv"
+    assert invoke("measure", "--out", ours, "-q").exit_code == 0
+    frame = pd.read_csv(ours)[["index", "thickness"]]
+    shuffled = tmp_path / "shuffled.csv"
+    frame.sample(frac=1.0, random_state=0).to_csv(shuffled, index=False)
+    result = invoke("measure", "--reference", shuffled, "-q")
+    assert result.exit_code == 0 and "Pearson r 1.0000" in result.output, result.output
+    flat = tmp_path / "flat.csv"
+    frame.assign(thickness=2.5).to_csv(flat, index=False)
+    one_error_line(invoke("measure", "--reference", flat, "-q"), "same thickness for every digit")
+
+
+def test_eval_refuses_its_out_folder_before_sweeping(tmp_path, run_dir):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("x")
+    result = invoke("eval", run_dir, "--sweep-width", "--family", "ladder", "--out", foreign)
+    one_error_line(result, "not empty")
+    assert "test accuracy" not in result.output  # refused before any evaluation
+    one_error_line(invoke("eval", run_dir, "--sweep-width", "--levels", ""), "--levels")
+
+
+def test_resume_removes_temp_files_of_a_killed_write(tmp_path, run_dir):
+    stale = run_dir / ".checkpoint.pt.k1ll3d.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    result = invoke("train", "--epochs", "1", "--batch-size", "128", "--device", "cpu",
+                    "--out", run_dir, "--resume", "--quiet", "--threads", "2")
+    assert result.exit_code == 0, result.output
+    assert not stale.exists() and (run_dir / "checkpoint.pt").is_file()
+
+
+def test_a_valid_cached_atlas_is_read_without_the_lock(tmp_path, tiny_arrays, monkeypatch):
+    from robustmnist import pen
+
+    images = tiny_arrays["train"][0][:20]
+    first, built = pen.load_or_build_atlas(images, tmp_path, workers=1)
+    assert built
+
+    class NoLock:  # a read-only data folder: the lock file cannot be created
+        def __init__(self, *_a, **_kw):
+            raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr(pen, "FileLock", NoLock)
+    again, built = pen.load_or_build_atlas(images, tmp_path, workers=1)
+    assert not built and torch.equal(again.distance, first.distance)
+
+
+def test_sigterm_is_handled_like_ctrl_c():
+    import signal
+
+    import typer
+
+    from robustmnist.console import handles_errors
+
+    @handles_errors
+    def long_job():
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not interrupt the command")
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(typer.Exit) as info:
+        long_job()
+    assert info.value.exit_code == 130
+    assert signal.getsignal(signal.SIGTERM) is before  # restored for the rest of the process
+
+
+def test_set_building_workers_stop_when_their_process_is_killed(tmp_path):
+    """A killed `eval`/`train` must not leave its building workers running on as orphans."""
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "slow.py").write_text(
+        "import os, time\n"
+        "def work(chunk):\n"
+        f"    open(os.path.join({str(tmp_path)!r}, f'{{os.getpid()}}.pid'), 'w').close()\n"
+        "    time.sleep(60)\n"
+        "    return chunk\n")
+    driver = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import numpy as np, slow; "
+              "from robustmnist.measure import map_chunks; "
+              "map_chunks(slow.work, np.zeros((8, 28, 28), np.uint8), workers=2)")
+    proc = subprocess.Popen([sys.executable, "-c", driver])
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("*.pid"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pids = [int(p.stem) for p in tmp_path.glob("*.pid")]
+    proc.kill()
+    proc.wait()
+    assert len(pids) == 2, "the workers never started"
+    deadline = time.monotonic() + 15
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in pids if _running(pid)]
+    for pid in alive:
+        os.kill(pid, 9)
+    assert not alive, "orphaned workers kept running"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by init) is not running
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][0] != "Z"
+    except OSError:
+        return False
