@@ -1,0 +1,116 @@
+"""The cold and warm quickstart sweep of one checkpoint, this tree's code against an earlier
+revision's, alternated in one session (A B B A): machines differ from day to day (the same
+2-core "AMD EPYC" ran the unchanged standard epoch in 11.5 s on 2026-11-28 and 28.6 s on
+2026-12-01), so a speed-up is shown by a ratio measured side by side, not across days.
+
+Each measurement is a fresh subprocess with ``PYTHONPATH`` set to the tree it times (the other
+revision is checked out with ``git worktree`` into a temporary folder), a fresh set cache
+(cold) and the same cache again (warm), plus the thickness measurement of the 10,000 test
+digits. Also checks that both revisions give the same accuracies.
+
+Writes ``benchmarks/results/sweep-ab-<date>.{json,md}``.
+Usage: ``python benchmarks/sweep_ab.py CHECKPOINT [--base REV] [--rounds 1]``.
+Run it alone on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from robustmnist.artifacts import git_revision, machine_info
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+#: Runs in the timed tree (its own `robustmnist` first on the path).
+CHILD = r"""
+import json, sys, tempfile, time
+# An editable install's finder would win over PYTHONPATH: drop it, so the timed tree is imported.
+sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+from pathlib import Path
+import torch
+import robustmnist
+from robustmnist.data import load_split
+from robustmnist.evaluation import sweep
+from robustmnist.measure import measure_thickness
+from robustmnist.perturb import DEFAULT_LEVELS
+torch.set_num_threads(2)
+families = {f: list(DEFAULT_LEVELS[f]) for f in ("delta", "absolute", "ladder")}
+test = load_split("test").images[:, 0].numpy()
+t0 = time.perf_counter(); measure_thickness(test); measure_s = time.perf_counter() - t0
+out = {"module": robustmnist.__file__, "measure_10k_s": measure_s}
+with tempfile.TemporaryDirectory() as cache:
+    for name in ("cold", "warm"):
+        t0 = time.perf_counter()
+        result = sweep([Path(sys.argv[1])], families, device=torch.device("cpu"), cache_dir=Path(cache))
+        out[f"sweep_{name}_s"] = time.perf_counter() - t0
+out["accuracy"] = [round(r["accuracy"], 6) for r in result.rows]
+print(json.dumps(out))
+"""
+
+
+def timed(tree: Path, checkpoint: Path) -> dict:
+    done = subprocess.run([sys.executable, "-c", CHILD, str(checkpoint)], capture_output=True,
+                          text=True, check=True, env={**os.environ, "PYTHONPATH": str(tree)},
+                          cwd=tree)  # `-c` puts the working folder first on the path
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if not result["module"].startswith(str(tree)):
+        raise SystemExit(f"timed the wrong tree: {result['module']} is not under {tree}")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--base", default="6545ad7", help="earlier revision to compare with")
+    parser.add_argument("--rounds", type=int, default=1, help="A B B A rounds")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        base_tree = Path(tmp) / "base"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(base_tree),
+                        args.base], check=True)
+        try:
+            runs: dict[str, list[dict]] = {"base": [], "this": []}
+            for _ in range(args.rounds):
+                for which in ("base", "this", "this", "base"):
+                    runs[which].append(timed(base_tree if which == "base" else ROOT,
+                                             args.checkpoint.resolve()))
+                    print(which, {k: round(v, 1) for k, v in runs[which][-1].items()
+                                  if k.endswith("_s")}, flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)],
+                           check=False)
+    med = {w: {k: statistics.median(r[k] for r in rs) for k in ("measure_10k_s", "sweep_cold_s",
+                                                                 "sweep_warm_s")}
+           for w, rs in runs.items()}
+    same = all(r["accuracy"] == runs["base"][0]["accuracy"] for rs in runs.values() for r in rs)
+    when = dt.datetime.now(dt.UTC)
+    record = {"date": when.isoformat(timespec="seconds"), "machine": machine_info("cpu"),
+              "base": args.base, "this": git_revision(ROOT), "runs": runs, "median": med,
+              "same_accuracies": same}
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"sweep-ab-{when.date()}"
+    stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [f"Measured {record['date']} on {record['machine'].get('device_name')} (2 torch threads), "
+             f"{2 * args.rounds} runs each, alternated (A B B A); medians.", "",
+             f"| measurement | {args.base} | this tree ({record['this']}) | ratio |", "|---|---|---|---|"]
+    for key, label in (("measure_10k_s", "measure 10,000 test digits"),
+                       ("sweep_cold_s", "quickstart sweep (24 sets), cold"),
+                       ("sweep_warm_s", "quickstart sweep (24 sets), warm")):
+        b, t = med["base"][key], med["this"][key]
+        lines.append(f"| {label} | {b:.1f} s | {t:.1f} s | {b / t:.2f}x |")
+    lines += ["", f"Same accuracy on every set from both revisions: {'yes' if same else 'NO'}."]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
