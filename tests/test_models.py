@@ -38,6 +38,32 @@ def test_pool_before_relu_equals_classic_order():
     torch.testing.assert_close(model(x), f.log_softmax(model.fc2(h), 1))
 
 
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_inference_forward_equals_training_forward(fmt):
+    # Outside autograd the pooling takes another path; it must give the same numbers, on
+    # blank digits too (every conv1 value equal: ties everywhere) and with a NaN pixel.
+    torch.manual_seed(0)
+    model = build_model("baseline").eval().to(memory_format=fmt)
+    x = torch.rand(6, 1, 28, 28)
+    x[1] = 0
+    x[2, 0, 3, 5] = float("nan")
+    x = x.contiguous(memory_format=fmt)
+    with torch.enable_grad():
+        ref = model(x)
+    with torch.inference_mode():
+        fast = model(x)
+    assert torch.equal(fast[~fast.isnan().any(1)], ref[~ref.isnan().any(1)].detach())
+    assert torch.equal(fast.isnan(), ref.isnan())
+
+
+def test_max_pool2x2_matches_max_pool2d_on_odd_sizes():
+    from robustmnist.models import max_pool2x2
+
+    x = torch.randn(2, 3, 9, 5)
+    x[0, 0, :2, :2] = 1.0  # a tie
+    assert torch.equal(max_pool2x2(x), torch.nn.functional.max_pool2d(x, 2))
+
+
 def test_unknown_model():
     with pytest.raises(RobustMnistError, match="unknown model"):
         build_model("resnet")
