@@ -2,20 +2,24 @@
 
 Policies are configurations of one mechanism, not code copies:
 
-=============================  ======================================================
-``none``                       the baseline: the batch is untouched
-``thickness``                  random signed stroke change in [-1, +2] px (thin and thick)
-``thin``                       erosion only, [-1, 0] px
-``thick``                      dilation only, [0, +2] px
-``thickness+affine``           ``thickness`` plus a small random affine (the "is it just
-                               more augmentation?" control)
-``pen``                        80 % of the digits redrawn along their own skeleton with a
-                               pen of measured width uniform in [1, 6] px (``pen.py``)
-``pen+thickness+affine``       half the digits redrawn with a pen, the other half get the
-                               ``thickness`` change (80 % of them); then the affine on all
-``wide-pen+thickness+affine``  70 % redrawn with a pen of [1, 9] px (up to a 5x5 dilation's
-                               measured width), the rest as above; then the affine
-=============================  ======================================================
+==============================  =====================================================
+``none``                        the baseline: the batch is untouched
+``thickness``                   random signed stroke change in [-1, +2] px (thin and thick)
+``thin``                        erosion only, [-1, 0] px
+``thick``                       dilation only, [0, +2] px
+``thickness+affine``            ``thickness`` plus a small random affine (the "is it just
+                                more augmentation?" control)
+``pen``                         80 % of the digits redrawn along their own skeleton with a
+                                pen of measured width uniform in [1, 6] px (``pen.py``)
+``pen+thickness+affine``        half the digits redrawn with a pen, the other half get the
+                                ``thickness`` change (80 % of them); then the affine on all
+``wide-pen+thickness+affine``   70 % redrawn with a pen of [1, 9] px (up to a 5x5 dilation's
+                                measured width), the rest as above; then the affine
+``refit-pen+thickness+affine``  ``wide-pen+thickness+affine``, and half the redrawn digits
+                                re-fitted into their original's box, as MNIST's (and
+                                ``predict``'s) size normalisation does with a photo: a wide
+                                pen then draws a smaller digit, a fine pen a larger one
+==============================  =====================================================
 
 Randomness comes from a seeded ``torch.Generator`` on the training device, so a run replays
 exactly; parameters are drawn first (`sample`), then applied deterministically (`apply`).
@@ -42,12 +46,14 @@ __all__ = ["POLICIES", "AugConfig", "AugParams", "PenAtlas", "apply", "augment",
 
 @dataclass(frozen=True)
 class AugParams:
-    """One batch's sampled parameters, replayable: (B,) stroke levels, (B, 3, 3) affines and
-    (B,) pen widths (px; 0 = not redrawn; None when the policy has no pen)."""
+    """One batch's sampled parameters, replayable: (B,) stroke levels, (B, 3, 3) affines,
+    (B,) pen widths (px; 0 = not redrawn; None when the policy has no pen) and which redrawn
+    digits are re-fitted into their original's box (None when the policy re-fits none)."""
 
     stroke_delta_px: torch.Tensor
     affine: torch.Tensor | None
     pen_width_px: torch.Tensor | None = None
+    refit: torch.Tensor | None = None   # (B,) bool: a redrawn digit re-fitted into its box
 
 
 def sample(config: AugConfig, batch_size: int, generator: torch.Generator) -> AugParams:
@@ -72,7 +78,11 @@ def sample(config: AugConfig, batch_size: int, generator: torch.Generator) -> Au
         shift = uniform(-config.affine_translate, config.affine_translate, 2 * batch_size)
         zoom = uniform(1 - config.affine_scale, 1 + config.affine_scale)
         matrix = affine_matrix(angle, shift.view(batch_size, 2) * 28.0, zoom, center=13.5)
-    return AugParams(delta, matrix, pen_width)
+    refit = None
+    if pen_width is not None and config.pen_refit > 0:  # drawn last: other policies unchanged
+        refit = (torch.rand(batch_size, generator=generator, device=device) < config.pen_refit
+                 ) & (pen_width > 0)
+    return AugParams(delta, matrix, pen_width, refit)
 
 
 def affine_matrix(angle_deg: torch.Tensor, shift_px: torch.Tensor, zoom: torch.Tensor,
@@ -91,6 +101,59 @@ def affine_matrix(angle_deg: torch.Tensor, shift_px: torch.Tensor, zoom: torch.T
     ty = shift_px[:, 1] + center - (a + b) * center
     zero, one = torch.zeros_like(a), torch.ones_like(a)
     return torch.stack([a, -b, tx, b, a, ty, zero, zero, one], 1).view(-1, 3, 3)
+
+
+def _extent(ink: torch.Tensor) -> torch.Tensor:
+    """(B,) the longer side of each digit's box, px: rows and columns whose strongest ink
+    reaches half, first to last."""
+    sides = []
+    for dim in (-1, -2):
+        inked = ink.amax(dim) >= 0.5                                   # (B, n)
+        n = inked.shape[-1]
+        first = inked.float().argmax(-1)
+        last = n - 1 - inked.flip(-1).float().argmax(-1)
+        sides.append(torch.where(inked.any(-1), last - first + 1, 0))
+    return torch.maximum(*sides).to(ink.dtype)
+
+
+def _centre_of_mass(ink: torch.Tensor) -> torch.Tensor:
+    """(B, 2) ink-weighted (x, y) pixel coordinates (the image centre for a blank digit)."""
+    h, w = ink.shape[-2:]
+    mass = ink.sum((-2, -1))
+    ys = torch.arange(h, device=ink.device, dtype=ink.dtype)
+    xs = torch.arange(w, device=ink.device, dtype=ink.dtype)
+    cx = (ink.sum(-2) * xs).sum(-1) / mass
+    cy = (ink.sum(-1) * ys).sum(-1) / mass
+    centre = torch.stack([cx, cy], 1)
+    return torch.where(mass.unsqueeze(1) > 0, centre,
+                       torch.tensor([(w - 1) / 2, (h - 1) / 2], device=ink.device, dtype=ink.dtype))
+
+
+#: Re-fitting scales a redrawn digit by at most this factor either way.
+REFIT_LIMIT = 1.6
+
+
+def refit_matrix(original: torch.Tensor, redrawn: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 3) forward pixel affines that fit each redrawn digit (B, 1, H, W) into its
+    original's box: scaled by the ratio of their longer sides about its centre of mass, which
+    lands on the original's (MNIST's size normalisation and centring, as ``predict`` applies
+    them to a photo of a digit written with that pen).
+
+    >>> orig = torch.zeros(1, 1, 28, 28); orig[..., 4:24, 12:16] = 1           # 20 px tall
+    >>> wide = torch.zeros(1, 1, 28, 28); wide[..., 2:26, 10:18] = 1           # 24 px tall
+    >>> m = refit_matrix(orig, wide)[0]
+    >>> round(float(m[0, 0]), 4), [round(float(v), 2) for v in m[:2, 2]]
+    (0.8333, [2.25, 2.25])
+    """
+    a, b = _extent(original[:, 0]), _extent(redrawn[:, 0])
+    scale = torch.where((a > 0) & (b > 0), a / b.clamp(min=1), torch.ones_like(a))
+    scale = scale.clamp(1 / REFIT_LIMIT, REFIT_LIMIT)
+    c_new, c_old = _centre_of_mass(redrawn[:, 0]), _centre_of_mass(original[:, 0])
+    shift = c_old - scale.unsqueeze(1) * c_new
+    m = torch.zeros(len(scale), 3, 3, device=scale.device, dtype=scale.dtype)
+    m[:, 0, 0], m[:, 1, 1], m[:, 2, 2] = scale, scale, 1
+    m[:, :2, 2] = shift
+    return m
 
 
 def warp(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
@@ -127,18 +190,33 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None) -> 
     redraw replaces a digit first, then come the stroke change and the affine.
     """
     out = x
+    fit_rows, fit = None, None  # re-fitted rows and their (R, 3, 3) affines
     if params.pen_width_px is not None:
         if atlas is None or len(atlas) != x.shape[0]:
             raise ValueError("a pen policy needs the PenAtlas rows of the batch's digits "
                              f"({x.shape[0]}), got {'none' if atlas is None else len(atlas)}")
         rows = torch.nonzero((params.pen_width_px > 0) & atlas.drawable).flatten()
         if rows.numel():  # only the redrawn rows are rendered (each row's ink is its own)
-            pens = draw(atlas[rows], params.pen_width_px.index_select(0, rows))
-            out = x.index_copy(0, rows, pens.to(x.dtype))
+            pens = draw(atlas[rows], params.pen_width_px.index_select(0, rows)).to(x.dtype)
+            out = x.index_copy(0, rows, pens)
+            if params.refit is not None:
+                chosen = torch.nonzero(params.refit.index_select(0, rows)).flatten()
+                if chosen.numel():
+                    fit_rows = rows.index_select(0, chosen)
+                    fit = refit_matrix(x.index_select(0, fit_rows), pens.index_select(0, chosen))
     if bool((params.stroke_delta_px != 0).any()):
         out = apply_stroke_delta(out, params.stroke_delta_px)
     if params.affine is not None:
-        out = warp(out, params.affine).clamp_(0, 1)
+        matrix = params.affine.to(x.dtype)
+        if fit is not None:  # re-fit first, then the random affine: one warp
+            matrix = matrix.index_copy(0, fit_rows, matrix.index_select(0, fit_rows) @ fit)
+        out = warp(out, matrix).clamp_(0, 1)
+    elif fit is not None:
+        out = out.index_copy(0, fit_rows, warp(out.index_select(0, fit_rows), fit).clamp_(0, 1))
+    if fit_rows is not None:  # and the strongest ink back at full strength, as MNIST's
+        fitted = out.index_select(0, fit_rows)
+        peak = fitted.amax((-2, -1), keepdim=True).clamp_(min=1e-6)
+        out = out.index_copy(0, fit_rows, (fitted / peak).clamp_(0, 1))
     return out
 
 

@@ -131,6 +131,8 @@ POLICIES: dict[str, dict[str, Any]] = {
                              "affine": True},
     "wide-pen+thickness+affine": {"p_pen": 0.7, "pen_max_px": 9.0, "delta_min_px": -1.0,
                                   "delta_max_px": 2.0, "affine": True},
+    "refit-pen+thickness+affine": {"p_pen": 0.7, "pen_max_px": 9.0, "pen_refit": 0.5,
+                                   "delta_min_px": -1.0, "delta_max_px": 2.0, "affine": True},
 }
 
 
@@ -156,6 +158,10 @@ class AugConfig:
                                 lo=PEN_RANGE[0], hi=PEN_RANGE[1])
     pen_max_px: float = setting(6.0, "thickest pen, px (uniform between)",
                                 lo=PEN_RANGE[0], hi=PEN_RANGE[1])
+    pen_refit: float = setting(0.0, "probability that a redrawn digit is re-fitted into its "
+                               "original's box and centre of mass (MNIST's size normalisation, "
+                               "as predict applies it to a photo: a wide pen then draws a smaller "
+                               "digit)", lo=0, hi=1)
 
     @property
     def is_identity(self) -> bool:

@@ -116,6 +116,8 @@ def preview_figure(images_u8: Any, config: Any, draws: int, seed: int) -> tuple[
         parts.append(f"stroke change [{config.delta_min_px:g}, {config.delta_max_px:g}] px")
     if config.p_pen:
         parts.append(f"pen {config.pen_min_px:g}-{config.pen_max_px:g} px (p {config.p_pen:g})")
+        if config.pen_refit:
+            parts.append(f"re-fitted (p {config.pen_refit:g})")
     if config.affine:
         parts.append("affine")
     fig = digit_grid(grid.numpy(), row_labels, col_labels,

@@ -154,6 +154,67 @@ def test_pen_policy_needs_the_atlas_rows(device):
         augment(x, config, torch.Generator(device=device).manual_seed(0), _atlas(x)[:2])
 
 
+def _box_and_centre(img):
+    rows = torch.nonzero(img.amax(1) >= 0.5).flatten()
+    cols = torch.nonzero(img.amax(0) >= 0.5).flatten()
+    side = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1).item()
+    ys, xs = torch.arange(img.shape[0], dtype=img.dtype), torch.arange(img.shape[1], dtype=img.dtype)
+    m = img.sum()
+    return side, ((img.sum(0) * xs).sum() / m).item(), ((img.sum(1) * ys).sum() / m).item()
+
+
+@pytest.mark.parametrize("width", [1.0, 6.0, 9.0])
+def test_refit_puts_a_redrawn_digit_back_in_its_original_box(width):
+    # A wide pen grows the digit past its box; re-fitted, it is MNIST-sized again (a smaller
+    # skeleton), centred where the original's mass was, strongest ink at 1; the rows not
+    # chosen are exactly the plain redraw.
+    x = _batch(torch.device("cpu"), 6)
+    atlas = _atlas(x)
+    still, widths = torch.zeros(6), torch.full((6,), width)
+    chosen = torch.tensor([True, False, True, False, True, True])
+    plain = apply(x, AugParams(still, None, widths), atlas)
+    fitted = apply(x, AugParams(still, None, widths, chosen), atlas)
+    torch.testing.assert_close(fitted[~chosen], plain[~chosen], rtol=0, atol=0)
+    for i in torch.nonzero(chosen).flatten().tolist():
+        side0, cx0, cy0 = _box_and_centre(x[i, 0])
+        side_plain, _, _ = _box_and_centre(plain[i, 0])
+        side, cx, cy = _box_and_centre(fitted[i, 0])
+        if width > 3:
+            assert side_plain >= side0 + 2  # the pen did grow it: the test tests something
+        assert abs(side - side0) <= 1, (i, side0, side_plain, side)
+        assert abs(cx - cx0) < 0.35 and abs(cy - cy0) < 0.35
+        assert fitted[i].max().item() == pytest.approx(1.0)
+
+
+def test_refit_composes_with_the_affine_in_one_warp():
+    # An identity affine plus the re-fit gives the re-fit alone; a shift moves the result.
+    x = _batch(torch.device("cpu"), 4)
+    atlas = _atlas(x)
+    still, widths, chosen = torch.zeros(4), torch.full((4,), 7.0), torch.ones(4, dtype=torch.bool)
+    alone = apply(x, AugParams(still, None, widths, chosen), atlas)
+    eye = torch.eye(3).repeat(4, 1, 1)
+    torch.testing.assert_close(apply(x, AugParams(still, eye, widths, chosen), atlas), alone,
+                               atol=1e-5, rtol=0)
+    shift = eye.clone()
+    shift[:, 0, 2] = 3.0
+    moved = apply(x, AugParams(still, shift, widths, chosen), atlas)
+    torch.testing.assert_close(moved[..., 3:], alone[..., :-3], atol=1e-5, rtol=0)
+
+
+def test_refit_draws_only_for_refit_policies():
+    g = torch.Generator().manual_seed(2)
+    base = sample(AugConfig.from_policy("wide-pen+thickness+affine"), 2000, g)
+    assert base.refit is None
+    params = sample(AugConfig.from_policy("refit-pen+thickness+affine"), 2000,
+                    torch.Generator().manual_seed(2))
+    # the same stream up to the re-fit draws, which come last
+    torch.testing.assert_close(params.pen_width_px, base.pen_width_px, rtol=0, atol=0)
+    torch.testing.assert_close(params.affine, base.affine, rtol=0, atol=0)
+    redrawn = params.pen_width_px > 0
+    assert not params.refit[~redrawn].any()
+    assert abs(params.refit[redrawn].float().mean().item() - 0.5) < 0.05
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"pen_min_px": 5.0, "pen_max_px": 2.0}, "pen range"),
     ({"pen_max_px": 9.5}, "pen_max_px: must be <= 9"),
