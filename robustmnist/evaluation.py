@@ -99,7 +99,10 @@ def parse_levels(families: Sequence[str], levels: Sequence[float] | None) -> dic
         if family not in FAMILIES or family == "clean":
             raise RobustMnistError(f"unknown family {family!r}; choose from "
                                    f"{', '.join(f for f in FAMILIES if f != 'clean')}")
-        family_levels = list(dict.fromkeys(levels)) if levels else list(DEFAULT_LEVELS[family])
+        if levels and len(set(levels)) != len(levels):  # as an experiment file refuses them
+            twice = next(v for v in levels if list(levels).count(v) > 1)
+            raise RobustMnistError(f"--levels: {twice:g} is given twice; list each level once")
+        family_levels = list(levels) if levels else list(DEFAULT_LEVELS[family])
         for level in family_levels:
             check_level(family, level)
         chosen[family] = family_levels

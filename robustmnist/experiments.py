@@ -199,6 +199,8 @@ def _parse_variants(path: Path, raw: Any) -> tuple[Variant, ...]:
             raise _fail(path, where, "expected a table")
         table = dict(table)
         policy = table.pop("policy", "none")
+        if not isinstance(policy, str):  # before the name, which defaults to it
+            raise _fail(path, f"{where}.policy", f"expected a policy name (a string), got {policy!r}")
         vname = table.pop("name", policy)
         if (not isinstance(vname, str) or not 0 < len(vname) <= 100 or vname.startswith(".")
                 or not all(c.isalnum() or c in "-_+." for c in vname)):

@@ -131,7 +131,9 @@ def test_unwritable_output(tmp_path, two_runs, device):
 
 def test_parse_levels():
     assert parse_levels(["delta"], None)["delta"][0] == -1.5
-    assert parse_levels(["absolute"], [2.0, 2.0, 3.0]) == {"absolute": [2.0, 3.0]}
+    assert parse_levels(["absolute"], [3.0, 2.0]) == {"absolute": [3.0, 2.0]}
+    with pytest.raises(RobustMnistError, match="--levels: 2 is given twice"):
+        parse_levels(["absolute"], [2.0, 3.0, 2.0])  # refused, as an experiment file does
     with pytest.raises(RobustMnistError, match="unknown family"):
         parse_levels(["blur"], None)
     with pytest.raises(RobustMnistError, match="unknown family"):

@@ -115,6 +115,12 @@ def test_validation_errors_name_file_key_reason(tmp_path, old, new, match):
     assert str(info.value).startswith(f"{path}: ")
 
 
+def test_a_non_string_policy_is_blamed_not_the_name_it_would_give(tmp_path):
+    path = _write(tmp_path, "[[variants]]\npolicy = 7\n", "study.toml")
+    with pytest.raises(RobustMnistError, match=r"key 'variants\[0\].policy': expected a policy name"):
+        load_experiment(path)
+
+
 def test_not_toml(tmp_path):
     with pytest.raises(RobustMnistError, match="not valid TOML"):
         load_experiment(_write(tmp_path, "name = "))
