@@ -101,6 +101,13 @@ def load_results(paths: Sequence[Path]) -> Results:
 
 def experiment_of(paths: Sequence[Path]) -> tuple[str, str]:
     """(name, question) of the experiment the first result folder belongs to, if recorded."""
+    name, question, _ = experiment_record(paths)
+    return name, question
+
+
+def experiment_record(paths: Sequence[Path]) -> tuple[str, str, list[tuple[str, str]]]:
+    """(name, question, compared variant pairs) of the experiment the first result folder
+    belongs to, as recorded in its experiment.json (defaults where absent)."""
     folder = SweepDir.of(paths[0]).root if paths else Path(".")
     exp_file = folder.parent / "experiment.json"
     try:
@@ -110,9 +117,11 @@ def experiment_of(paths: Sequence[Path]) -> tuple[str, str]:
     if isinstance(exp, dict):
         from robustmnist.experiments import description_in
 
-        return str(exp.get("name", folder.parent.name)), str(exp.get("description") or
-                                                             description_in(exp.get("source")))
-    return folder.resolve().parent.name or "report", ""
+        pairs = exp.get("compare") or []
+        compare = [(str(p[0]), str(p[1])) for p in pairs if isinstance(p, list) and len(p) == 2]
+        return (str(exp.get("name", folder.parent.name)),
+                str(exp.get("description") or description_in(exp.get("source"))), compare)
+    return folder.resolve().parent.name or "report", "", []
 
 
 # --------------------------------------------------------------------------- statistics
@@ -367,6 +376,45 @@ def best_per_level(results: Results, acc: pd.DataFrame) -> pd.DataFrame:
                     "gap_pp": d["diff_pp"] if d else math.nan,
                     "clear": bool(d and d["clear"])})
     return pd.DataFrame(out)
+
+
+def compare_table(results: Results, acc: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """Variant `a` against `b` at every (family, level) both were swept on (`duel`'s rule):
+    columns family, level, a, b (mean accuracy, %), diff_pp, seeds, clear."""
+    sets = acc[["family", "level"]].drop_duplicates().itertuples(index=False)
+    rows = []
+    for family, level in sets:
+        d = duel(results, acc, a, b, family, level)
+        if d is None:
+            continue
+        at = acc[(acc["family"] == family) & (acc["level"] == level)].set_index("variant")
+        rows.append({"family": family, "level": level, a: 100 * float(at.loc[a, "mean"]),
+                     b: 100 * float(at.loc[b, "mean"]), "diff_pp": d["diff_pp"],
+                     "seeds": d["seeds"], "clear": d["clear"]})
+    return pd.DataFrame(rows, columns=["family", "level", a, b, "diff_pp", "seeds", "clear"])
+
+
+def compare_finding(table: pd.DataFrame, a: str, b: str) -> str:
+    """One sentence: where `a` is clearly ahead of `b`, clearly behind, and how many levels
+    are within the noise.
+
+    >>> t = pd.DataFrame({"family": ["photo", "photo", "delta"], "level": [0.3, 0.03, -1.5],
+    ...                   "diff_pp": [1.25, -0.1, -2.0], "clear": [True, False, True]})
+    >>> compare_finding(t, "x", "y")
+    '`x` vs `y`: clearly ahead at photo 0.3 (+1.25 pp); clearly behind at delta -1.5 (-2.00 pp); within the noise at 1 of 3 levels.'
+    """
+    def listed(part: pd.DataFrame) -> str:
+        return ", ".join(("clean" if r.family == "clean" else
+                          f"{r.family} {level_label(r.family, r.level)}") + f" ({r.diff_pp:+.2f} pp)"
+                         for r in part.itertuples())
+
+    clear = table["clear"].astype(bool)
+    ahead, behind = table[clear & (table["diff_pp"] > 0)], table[clear & (table["diff_pp"] < 0)]
+    parts = [f"clearly ahead at {listed(ahead) if len(ahead) else 'no level'}"]
+    if len(behind):
+        parts.append(f"clearly behind at {listed(behind)}")
+    parts.append(f"within the noise at {int((~clear).sum())} of {len(table)} levels")
+    return f"`{a}` vs `{b}`: {'; '.join(parts)}."
 
 
 def duel_findings(results: Results, acc: pd.DataFrame, best: pd.DataFrame) -> list[str]:

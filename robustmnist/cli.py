@@ -230,14 +230,26 @@ def report(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Report folder. Default: "
                                                  "reports/<name>.", show_default=False)] = None,
     name: Annotated[str | None, typer.Option(help="Report name (default: the experiment's).")] = None,
+    compare: Annotated[list[str] | None, typer.Option(
+        help="A,B: compare variant A with B at every level (repeatable; default: the "
+        "experiment file's `compare` pairs).", show_default=False)] = None,
 ) -> None:
     """Write the comparison report (README.md, CSV tables, plots) from result files only."""
-    from robustmnist.analysis import experiment_of
+    from robustmnist.analysis import experiment_record
     from robustmnist.reports import write_report
 
-    exp_name, question = experiment_of(results)
+    exp_name, question, pairs = experiment_record(results)
+    if compare:
+        pairs = []
+        for spec in compare:
+            a, sep, b = spec.partition(",")
+            if not sep or not a.strip() or not b.strip() or "," in b or a.strip() == b.strip():
+                raise RobustMnistError(f"--compare {spec!r}: expected two different variant "
+                                       "names A,B (e.g. --compare thickness,none)")
+            pairs.append((a.strip(), b.strip()))
     name = name or exp_name
-    path = write_report(results, out_dir or Path("reports") / name, title=name, question=question)
+    path = write_report(results, out_dir or Path("reports") / name, title=name, question=question,
+                        compare=pairs)
     out.print(f"wrote report {path}")
 
 

@@ -37,7 +37,7 @@ MAX_SEEDS = 100            # seeds per experiment
 MAX_RUNS = 1000            # variants x seeds
 MAX_LEVELS = 50            # levels per sweep family
 _TOP_KEYS = {"name": str, "description": str, "output": str, "report": str, "seeds": list,
-             "train": dict, "sweep": dict, "variants": list}
+             "train": dict, "sweep": dict, "variants": list, "compare": list}
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class Experiment:
     variants: tuple[Variant, ...]
     families: dict[str, list[float]]
     description: str = ""
+    compare: tuple[tuple[str, str], ...] = ()   # variant pairs the report compares level by level
 
     @property
     def layout(self) -> ExperimentDir:
@@ -83,7 +84,8 @@ class Experiment:
                 "output": str(self.output),
                 "report": str(self.report), "seeds": list(self.seeds),
                 "train": _shared(self.train), "families": self.families,
-                "variants": [{"name": v.name, "aug": v.aug.__dict__} for v in self.variants]}
+                "variants": [{"name": v.name, "aug": v.aug.__dict__} for v in self.variants],
+                "compare": [list(pair) for pair in self.compare]}
 
 
 def description_in(source: Any) -> str:
@@ -162,12 +164,13 @@ def load_experiment(path: Path, output: Path | None = None) -> Experiment:
         raise _fail(path, "variants", f"{len(variants)} variants x {len(seeds)} seeds is more "
                     f"than {MAX_RUNS} runs; split the study")
     families = _parse_sweep(path, raw.get("sweep", {}))
+    compare = _parse_compare(path, raw.get("compare", []), [v.name for v in variants])
     here = path.resolve().parent if path.resolve().parent == PRESETS_DIR.resolve() else path.parent
     out_dir = output or _resolve(here, raw.get("output", f"results/{name}"))
     # With --out, the report goes with the results (a trial run must not overwrite reports/).
     report = out_dir / "report" if output else _resolve(here, raw.get("report", f"reports/{name}"))
     return Experiment(name, path, out_dir, report, shared, seeds, variants, families,
-                      raw.get("description", ""))
+                      raw.get("description", ""), compare)
 
 
 def _resolve(base: Path, spec: str) -> Path:
@@ -218,6 +221,19 @@ def _parse_variants(path: Path, raw: Any) -> tuple[Variant, ...]:
     if len(set(names)) != len(names):
         raise _fail(path, "variants", f"duplicate variant names in {names}")
     return tuple(variants)
+
+
+def _parse_compare(path: Path, raw: list[Any], names: list[str]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for i, pair in enumerate(raw):
+        if (not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(v, str) for v in pair)
+                or pair[0] == pair[1]):
+            raise _fail(path, f"compare[{i}]", f"expected two different variant names, got {pair!r}")
+        if missing := [v for v in pair if v not in names]:
+            raise _fail(path, f"compare[{i}]", f"no variant named {missing[0]!r}; variants: "
+                        f"{', '.join(names)}")
+        pairs.append((pair[0], pair[1]))
+    return tuple(pairs)
 
 
 def _parse_sweep(path: Path, raw: dict[str, Any]) -> dict[str, list[float]]:
@@ -344,7 +360,7 @@ def run_experiment(exp: Experiment, executor: Executor | None = None,
                                 "sweep_seconds": sweep_seconds,
                                 "wall_seconds": time.perf_counter() - t0})
         report = write_report([exp.layout.sweep.root], exp.report, title=exp.name,
-                              question=exp.description)
+                              question=exp.description, compare=exp.compare)
     return StudyOutcome(done + len(todo), len(todo), swept, report, time.perf_counter() - t0)
 
 

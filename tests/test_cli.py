@@ -124,6 +124,18 @@ def test_report_from_sweep(tmp_path, trained):
     assert (tmp_path / "report" / "README.md").read_text().startswith("# ")
 
 
+def test_report_compare_option(tmp_path, synthetic_sweep):
+    sweep = synthetic_sweep(tmp_path / "sweep")
+    good = invoke("report", sweep, "--out", tmp_path / "r", "--compare", "thickness,none")
+    assert good.exit_code == 0, good.output
+    assert "## `thickness` vs `none`" in (tmp_path / "r" / "README.md").read_text()
+    for spec, match in (("thickness", "expected two different variant names"),
+                        ("thickness,thickness", "expected two different variant names"),
+                        ("thickness,pen", "no variant 'pen'")):
+        bad = invoke("report", sweep, "--out", tmp_path / "r2", "--compare", spec)
+        assert bad.exit_code == 1 and match in flat(bad.output), bad.output
+
+
 def test_measure_prints_the_sets_thickness(tiny_data_dir, tiny_arrays, tmp_path):
     result = invoke("measure", "--out", tmp_path / "t.csv", "--quiet")
     assert result.exit_code == 0, result.output

@@ -121,6 +121,17 @@ def test_a_non_string_policy_is_blamed_not_the_name_it_would_give(tmp_path):
         load_experiment(path)
 
 
+def test_compare_pairs_are_checked_and_recorded(tmp_path):
+    exp = load_experiment(_write(tmp_path, 'compare = [["thick", "none"]]\n' + GOOD))
+    assert exp.compare == (("thick", "none"),)
+    assert exp.to_dict()["compare"] == [["thick", "none"]]
+    for bad, match in ((' [["thick", "pen"]]', "no variant named 'pen'"),
+                       (' [["thick", "thick"]]', "two different variant names"),
+                       (' ["thick"]', "two different variant names")):
+        with pytest.raises(RobustMnistError, match=r"key 'compare\[0\]': (expected )?" + match):
+            load_experiment(_write(tmp_path, "compare =" + bad + "\n" + GOOD))
+
+
 def test_not_toml(tmp_path):
     with pytest.raises(RobustMnistError, match="not valid TOML"):
         load_experiment(_write(tmp_path, "name = "))

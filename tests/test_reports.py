@@ -111,3 +111,28 @@ def test_a_second_report_into_the_folder_leaves_nothing_of_the_first(tmp_path, s
     assert (out / "accuracy_delta.csv").is_file() and (out / "README.md").is_file()
     assert not (out / "accuracy_absolute.csv").exists() and not (out / "accuracy_absolute.png").exists()
     assert (out / "my notes.txt").read_text() == "mine" and (out / "my-analysis.csv").is_file()
+
+
+def test_compared_pairs_get_a_table_at_every_level_and_a_finding(tmp_path, synthetic_sweep):
+    # a beats b by 10 of 100 digits in every seed (McNemar p = 0.002) with disjoint intervals;
+    # b and c differ by one digit per seed: within the noise.
+    sweep = synthetic_sweep(tmp_path / "sweep", {"none": {0: 50, 1: 52, 2: 54},
+                                                 "a": {0: 80, 1: 81, 2: 82},
+                                                 "b": {0: 70, 1: 71, 2: 72},
+                                                 "c": {0: 71, 1: 72, 2: 73}})
+    out = write_report([sweep], tmp_path / "report", compare=[("a", "b"), ("b", "c")])
+    first = pd.read_csv(out / "compare_1.csv")
+    assert len(first) == 5 and first["clear"].all()  # clean + the four synthetic levels
+    assert first["diff_pp"].tolist() == pytest.approx([10.0] * 5)
+    assert first["a"].tolist() == pytest.approx([81.0] * 5)
+    second = pd.read_csv(out / "compare_2.csv")
+    assert not second["clear"].any() and second["diff_pp"].tolist() == pytest.approx([-1.0] * 5)
+    readme = (out / "README.md").read_text()
+    assert "## `a` vs `b`" in readme
+    assert "- `a` vs `b`: clearly ahead at clean (+10.00 pp), delta -1 (+10.00 pp), " in readme
+    assert "- `b` vs `c`: clearly ahead at no level; within the noise at 5 of 5 levels." in readme
+
+
+def test_compare_names_a_variant_of_the_results(tmp_path, synthetic_sweep):
+    with pytest.raises(RobustMnistError, match="compare: no variant 'pen'"):
+        write_report([synthetic_sweep(tmp_path / "s")], tmp_path / "r", compare=[("pen", "none")])
