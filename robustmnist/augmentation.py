@@ -105,15 +105,25 @@ def affine_matrix(angle_deg: torch.Tensor, shift_px: torch.Tensor, zoom: torch.T
 
 def _extent(ink: torch.Tensor) -> torch.Tensor:
     """(B,) the longer side of each digit's box, px: rows and columns whose strongest ink
-    reaches half, first to last."""
-    sides = []
-    for dim in (-1, -2):
-        inked = ink.amax(dim) >= 0.5                                   # (B, n)
-        n = inked.shape[-1]
-        first = inked.float().argmax(-1)
-        last = n - 1 - inked.flip(-1).float().argmax(-1)
-        sides.append(torch.where(inked.any(-1), last - first + 1, 0))
-    return torch.maximum(*sides).to(ink.dtype)
+    reaches half, first to last (0 for a blank digit).
+
+    >>> ink = torch.zeros(2, 28, 28); ink[0, 4:24, 10:14] = 0.5; ink[0, 3, 10] = 0.4999
+    >>> _extent(ink).tolist()
+    [20.0, 0.0]
+    """
+    h, w = ink.shape[-2:]
+    n = max(h, w)  # both profiles in one (B, 2, n) tensor (a shorter one padded with no ink)
+    # Sums of the ink above the float just below half (> 0 exactly where some ink >= 0.5):
+    # ~5x cheaper on the CPU than max over 28-wide rows.
+    below_half = torch.nextafter(torch.tensor(0.5, dtype=ink.dtype), torch.tensor(0.0, dtype=ink.dtype))
+    over = (ink - below_half.to(ink.device)).clamp_(min=0)
+    inked = torch.zeros(ink.shape[0], 2, n, dtype=torch.bool, device=ink.device)
+    inked[:, 0, :h] = over.sum(-1) > 0
+    inked[:, 1, :w] = over.sum(-2) > 0
+    idx = torch.arange(n, device=ink.device)
+    first = torch.where(inked, idx, n).amin(-1)
+    last = torch.where(inked, idx, -1).amax(-1)
+    return (last - first + 1).clamp_(min=0).amax(-1).to(ink.dtype)
 
 
 def _centre_of_mass(ink: torch.Tensor) -> torch.Tensor:
@@ -216,7 +226,7 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None) -> 
     if fit_rows is not None:  # and the strongest ink back at full strength, as MNIST's
         fitted = out.index_select(0, fit_rows)
         peak = fitted.amax((-2, -1), keepdim=True).clamp_(min=1e-6)
-        out = out.index_copy(0, fit_rows, (fitted / peak).clamp_(0, 1))
+        out.index_copy_(0, fit_rows, fitted.div_(peak).clamp_(0, 1))  # `out` is a new tensor here
     return out
 
 

@@ -271,3 +271,20 @@ def test_warp_matches_kornia(device, shape):
     expected = warp_affine(x, theirs[:, :2], dsize=shape[-2:], mode="bilinear",
                            padding_mode="zeros", align_corners=True)
     torch.testing.assert_close(warp(x, ours), expected, rtol=0, atol=1e-4)
+
+
+def test_extent_is_the_box_of_the_half_level_ink():
+    # Against a plain loop, on ink with exact halves (0.5 counts), gaps and blank digits.
+    from robustmnist.augmentation import _extent
+
+    g = torch.Generator().manual_seed(0)
+    ink = torch.rand(64, 28, 28, generator=g) * (torch.rand(64, 28, 28, generator=g) < 0.1)
+    ink[::3] = torch.round(ink[::3] * 4) / 8
+    ink[::5] = 0
+
+    def by_loop(img):
+        rows = [i for i in range(28) if (img[i] >= 0.5).any()]
+        cols = [j for j in range(28) if (img[:, j] >= 0.5).any()]
+        return max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) if rows else 0
+
+    assert _extent(ink).tolist() == [float(by_loop(img)) for img in ink]
