@@ -18,7 +18,8 @@
 Writes ``benchmarks/results/<device>-<date>.json`` and ``.md``; with ``--readme`` (what
 ``nox -s bench`` passes) the table also replaces the one between the ``bench:begin``/``bench:end``
 markers of the README's "Speed" section.
-Usage: ``python benchmarks/bench.py [--device cpu|cuda] [--quick] [--skip main,sweep,...] [--readme]``.
+Usage: ``python benchmarks/bench.py [--device cpu|cuda] [--quick] [--skip main,sweep,...]
+[--policies a,b] [--tag NAME] [--readme]``.
 """
 
 from __future__ import annotations
@@ -117,12 +118,12 @@ def augmentation_pass(policy: str, device: torch.device, splits: Any, atlas: Any
 
 
 def augmentation_alone(device: torch.device, splits: Any, atlas: Any,
-                       repeats: int) -> dict[str, float]:
+                       repeats: int, policies: list[str]) -> dict[str, float]:
     """Seconds the augmentation adds to one epoch, per policy: median of `repeats` alternating
     passes, minus the median ``none`` pass (the gather and scaling every policy pays)."""
-    passes: dict[str, list[float]] = {p: [] for p in POLICIES}
+    passes: dict[str, list[float]] = {p: [] for p in policies}
     for r in range(repeats):
-        for policy in rotated(list(POLICIES), r):
+        for policy in rotated(policies, r):
             passes[policy].append(augmentation_pass(policy, device, splits, atlas))
     base = statistics.median(passes["none"])
     return {p: max(statistics.median(t) - base, 0.0) for p, t in passes.items() if p != "none"}
@@ -165,20 +166,21 @@ def epochs(results: dict[str, Any], device: torch.device, data_dir: Path, splits
     results["standard_epoch_s"] = std_s * 60_000 / std_n
     # Alternate the configurations and compare medians: epoch times on a shared 2-core machine
     # vary by ~10 %, more than the augmentation costs, so one epoch each decides nothing.
-    times: dict[str, list[float]] = {p: [] for p in POLICIES}
+    policies = args.policies
+    times: dict[str, list[float]] = {p: [] for p in policies}
     ckpt = tmp / "none"
     for r in range(args.repeats):
-        for policy in rotated(list(POLICIES), r):  # no policy always first in its round
+        for policy in rotated(policies, r):  # no policy always first in its round
             seconds, folder = robustmnist_epoch(policy, device, tmp, splits)
             times[policy].append(seconds)
             ckpt = folder if policy == "none" else ckpt
     med = {p: statistics.median(t) for p, t in times.items()}
     atlas = training_atlas(splits[0].images, data_dir).to(device)
-    alone = augmentation_alone(device, splits, atlas, max(5, args.repeats))
+    alone = augmentation_alone(device, splits, atlas, max(5, args.repeats), policies)
     results.update({
         "epoch_repeats_s": times, "epoch_median_s": med,
         "robustmnist_epoch_s": med["none"], "ratio_vs_standard": med["none"] / results["standard_epoch_s"],
-        "aug_overhead_fraction": {p: (med[p] - med["none"]) / med[p] for p in POLICIES if p != "none"},
+        "aug_overhead_fraction": {p: (med[p] - med["none"]) / med[p] for p in policies if p != "none"},
         "augmentation_alone_s": alone,
         "augmentation_alone_fraction": {p: alone[p] / med[p] for p in alone},
     })
@@ -259,12 +261,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer batches (smoke test only)")
     parser.add_argument("--skip", default="", help=f"comma-separated steps to skip: {','.join(STEPS)}")
     parser.add_argument("--repeats", type=int, default=5, help="epochs per configuration")
+    parser.add_argument("--policies", default=",".join(POLICIES),
+                        help="comma-separated policies for the epoch step (none is always added)")
+    parser.add_argument("--tag", default="", help="suffix of the result files' names")
     parser.add_argument("--readme", action="store_true",
                         help="also write the table into README.md's Speed section")
     args = parser.parse_args()
     skip = {s for s in args.skip.split(",") if s}
-    if args.readme and (skip or args.quick):
-        parser.error("--readme writes the README's table: only from a full run (no --quick/--skip)")
+    chosen = [p for p in args.policies.split(",") if p]
+    if unknown := [p for p in chosen if p not in POLICIES]:
+        parser.error(f"unknown policy {unknown[0]!r}; choose from {', '.join(POLICIES)}")
+    args.policies = ["none", *[p for p in POLICIES if p in chosen and p != "none"]]
+    partial = skip or args.quick or len(args.policies) < len(POLICIES)
+    if args.readme and partial:
+        parser.error("--readme writes the README's table: only from a full run "
+                     "(no --quick/--skip/--policies)")
     device = resolve_device(args.device)
     data_dir = default_data_dir()
     t0 = time.perf_counter()
@@ -293,7 +304,8 @@ def main() -> None:
         if "main" not in skip:
             main_job(results, data_dir, tmp)
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{device.type}-{results['date'][:10]}{'-quick' if args.quick else ''}.json"
+    tag = ("-quick" if args.quick else "") + (f"-{args.tag}" if args.tag else "")
+    path = RESULTS / f"{device.type}-{results['date'][:10]}{tag}.json"
     artifacts.write_json(path, results)
     text = render(results)
     artifacts.write_text(path.with_suffix(".md"), text)

@@ -400,8 +400,11 @@ def compare_finding(table: pd.DataFrame, a: str, b: str) -> str:
 
     >>> t = pd.DataFrame({"family": ["photo", "photo", "delta"], "level": [0.3, 0.03, -1.5],
     ...                   "diff_pp": [1.25, -0.1, -2.0], "clear": [True, False, True]})
-    >>> compare_finding(t, "x", "y")
-    '`x` vs `y`: clearly ahead at photo 0.3 (+1.25 pp); clearly behind at delta -1.5 (-2.00 pp); within the noise at 1 of 3 levels.'
+    >>> for part in compare_finding(t, "x", "y").split("; "):
+    ...     print(part)
+    `x` vs `y`: clearly ahead at photo 0.3 (+1.25 pp)
+    clearly behind at delta -1.5 (-2.00 pp)
+    within the noise at 1 of 3 levels.
     """
     def listed(part: pd.DataFrame) -> str:
         return ", ".join(("clean" if r.family == "clean" else

@@ -200,7 +200,7 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None) -> 
     redraw replaces a digit first, then come the stroke change and the affine.
     """
     out = x
-    fit_rows, fit = None, None  # re-fitted rows and their (R, 3, 3) affines
+    refit: tuple[torch.Tensor, torch.Tensor] | None = None  # re-fitted rows, (R, 3, 3) affines
     if params.pen_width_px is not None:
         if atlas is None or len(atlas) != x.shape[0]:
             raise ValueError("a pen policy needs the PenAtlas rows of the batch's digits "
@@ -213,17 +213,21 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None) -> 
                 chosen = torch.nonzero(params.refit.index_select(0, rows)).flatten()
                 if chosen.numel():
                     fit_rows = rows.index_select(0, chosen)
-                    fit = refit_matrix(x.index_select(0, fit_rows), pens.index_select(0, chosen))
+                    refit = fit_rows, refit_matrix(x.index_select(0, fit_rows),
+                                                   pens.index_select(0, chosen))
     if bool((params.stroke_delta_px != 0).any()):
         out = apply_stroke_delta(out, params.stroke_delta_px)
     if params.affine is not None:
         matrix = params.affine.to(x.dtype)
-        if fit is not None:  # re-fit first, then the random affine: one warp
+        if refit is not None:  # re-fit first, then the random affine: one warp
+            fit_rows, fit = refit
             matrix = matrix.index_copy(0, fit_rows, matrix.index_select(0, fit_rows) @ fit)
         out = warp(out, matrix).clamp_(0, 1)
-    elif fit is not None:
+    elif refit is not None:
+        fit_rows, fit = refit
         out = out.index_copy(0, fit_rows, warp(out.index_select(0, fit_rows), fit).clamp_(0, 1))
-    if fit_rows is not None:  # and the strongest ink back at full strength, as MNIST's
+    if refit is not None:  # and the strongest ink back at full strength, as MNIST's
+        fit_rows = refit[0]
         fitted = out.index_select(0, fit_rows)
         peak = fitted.amax((-2, -1), keepdim=True).clamp_(min=1e-6)
         out.index_copy_(0, fit_rows, fitted.div_(peak).clamp_(0, 1))  # `out` is a new tensor here
