@@ -53,7 +53,7 @@ class AugParams:
     stroke_delta_px: torch.Tensor
     affine: torch.Tensor | None
     pen_width_px: torch.Tensor | None = None
-    refit: torch.Tensor | None = None   # (B,) bool: a redrawn digit re-fitted into its box
+    refit: torch.Tensor | None = None   # (B,) bool: chosen for a re-fit (if drawable) into its box
 
 
 def sample(config: AugConfig, batch_size: int, generator: torch.Generator) -> AugParams:
@@ -103,12 +103,12 @@ def affine_matrix(angle_deg: torch.Tensor, shift_px: torch.Tensor, zoom: torch.T
     return torch.stack([a, -b, tx, b, a, ty, zero, zero, one], 1).view(-1, 3, 3)
 
 
-def _extent(ink: torch.Tensor) -> torch.Tensor:
+def _box_side_px(ink: torch.Tensor) -> torch.Tensor:
     """(B,) the longer side of each digit's box, px: rows and columns whose strongest ink
     reaches half, first to last (0 for a blank digit).
 
     >>> ink = torch.zeros(2, 28, 28); ink[0, 4:24, 10:14] = 0.5; ink[0, 3, 10] = 0.4999
-    >>> _extent(ink).tolist()
+    >>> _box_side_px(ink).tolist()
     [20.0, 0.0]
     """
     h, w = ink.shape[-2:]
@@ -126,8 +126,10 @@ def _extent(ink: torch.Tensor) -> torch.Tensor:
     return (last - first + 1).clamp_(min=0).amax(-1).to(ink.dtype)
 
 
-def _centre_of_mass(ink: torch.Tensor) -> torch.Tensor:
-    """(B, 2) ink-weighted (x, y) pixel coordinates (the image centre for a blank digit)."""
+def _centre_xy(ink: torch.Tensor) -> torch.Tensor:
+    """(B, 2) ink-weighted centre, (x, y) = (column, row) pixel coordinates as `warp`'s
+    affines use them (``predict.centre_of_mass`` returns (row, col)); the image centre for a
+    blank digit."""
     h, w = ink.shape[-2:]
     mass = ink.sum((-2, -1))
     ys = torch.arange(h, device=ink.device, dtype=ink.dtype)
@@ -145,20 +147,23 @@ REFIT_LIMIT = 1.6
 
 def refit_matrix(original: torch.Tensor, redrawn: torch.Tensor) -> torch.Tensor:
     """(B, 3, 3) forward pixel affines that fit each redrawn digit (B, 1, H, W) into its
-    original's box: scaled by the ratio of their longer sides about its centre of mass, which
-    lands on the original's (MNIST's size normalisation and centring, as ``predict`` applies
-    them to a photo of a digit written with that pen).
+    original's box: scaled by the ratio of their longer sides (whole pixels at half ink)
+    about its centre of mass, which lands on the original's. This is approximately MNIST's
+    size normalisation and centring as ``predict`` applies them to a photo of a digit written
+    with that pen (predict measures sub-pixel edges). The stroke scales too: a 9-px pen
+    re-fitted by 0.7 is about 6 px wide. A redrawn digit that runs past the field's edge has
+    its box underestimated (scaled down a little too little).
 
-    >>> orig = torch.zeros(1, 1, 28, 28); orig[..., 4:24, 12:16] = 1           # 20 px tall
-    >>> wide = torch.zeros(1, 1, 28, 28); wide[..., 2:26, 10:18] = 1           # 24 px tall
+    >>> orig = torch.zeros(1, 1, 28, 28); orig[..., 4:24, 2:6] = 1    # 20 px tall, x 3.5, y 13.5
+    >>> wide = torch.zeros(1, 1, 28, 28); wide[..., 0:24, 0:8] = 1    # 24 px tall, x 3.5, y 11.5
     >>> m = refit_matrix(orig, wide)[0]
-    >>> round(float(m[0, 0]), 4), [round(float(v), 2) for v in m[:2, 2]]
-    (0.8333, [2.25, 2.25])
+    >>> round(float(m[0, 0]), 4), [round(float(v), 2) for v in m[:2, 2]]   # scale, (x, y) shift
+    (0.8333, [0.58, 3.92])
     """
-    a, b = _extent(original[:, 0]), _extent(redrawn[:, 0])
+    a, b = _box_side_px(original[:, 0]), _box_side_px(redrawn[:, 0])
     scale = torch.where((a > 0) & (b > 0), a / b.clamp(min=1), torch.ones_like(a))
     scale = scale.clamp(1 / REFIT_LIMIT, REFIT_LIMIT)
-    c_new, c_old = _centre_of_mass(redrawn[:, 0]), _centre_of_mass(original[:, 0])
+    c_new, c_old = _centre_xy(redrawn[:, 0]), _centre_xy(original[:, 0])
     shift = c_old - scale.unsqueeze(1) * c_new
     m = torch.zeros(len(scale), 3, 3, device=scale.device, dtype=scale.dtype)
     m[:, 0, 0], m[:, 1, 1], m[:, 2, 2] = scale, scale, 1
@@ -218,10 +223,10 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None) -> 
     if bool((params.stroke_delta_px != 0).any()):
         out = apply_stroke_delta(out, params.stroke_delta_px)
     if params.affine is not None:
-        matrix = params.affine.to(x.dtype)
+        matrix = params.affine.float()  # composed in float32 (warp casts to the batch's dtype)
         if refit is not None:  # re-fit first, then the random affine: one warp
             fit_rows, fit = refit
-            matrix = matrix.index_copy(0, fit_rows, matrix.index_select(0, fit_rows) @ fit)
+            matrix = matrix.index_copy(0, fit_rows, matrix.index_select(0, fit_rows) @ fit.float())
         out = warp(out, matrix).clamp_(0, 1)
     elif refit is not None:
         fit_rows, fit = refit

@@ -174,6 +174,10 @@ class AugConfig:
             raise RobustMnistError(
                 f"delta_min_px: augmentation range [{self.delta_min_px:g}, {self.delta_max_px:g}] px "
                 "is invalid; need delta_min_px <= delta_max_px")
+        if self.pen_refit > 0 and self.p_pen == 0:
+            raise RobustMnistError(
+                f"pen_refit: {self.pen_refit:g} re-fits redrawn digits, but p_pen is 0 (no digit "
+                "is redrawn); set p_pen > 0 or pen_refit = 0")
         if self.pen_min_px > self.pen_max_px:
             raise RobustMnistError(
                 f"pen_min_px: pen range [{self.pen_min_px:g}, {self.pen_max_px:g}] px is invalid; "

@@ -95,13 +95,13 @@ def family_sets(family: str, levels: Sequence[float], data_dir: Path | None = No
 def parse_levels(families: Sequence[str], levels: Sequence[float] | None) -> dict[str, list[float]]:
     """family -> levels to evaluate (defaults per family); validated."""
     chosen: dict[str, list[float]] = {}
+    if levels and len(set(levels)) != len(levels):  # as an experiment file refuses them
+        twice = next(v for v in levels if list(levels).count(v) > 1)
+        raise RobustMnistError(f"--levels: {twice:g} is given twice; list each level once")
     for family in families:
         if family not in FAMILIES or family == "clean":
             raise RobustMnistError(f"unknown family {family!r}; choose from "
                                    f"{', '.join(f for f in FAMILIES if f != 'clean')}")
-        if levels and len(set(levels)) != len(levels):  # as an experiment file refuses them
-            twice = next(v for v in levels if list(levels).count(v) > 1)
-            raise RobustMnistError(f"--levels: {twice:g} is given twice; list each level once")
         family_levels = list(levels) if levels else list(DEFAULT_LEVELS[family])
         for level in family_levels:
             check_level(family, level)
