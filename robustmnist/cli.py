@@ -109,7 +109,8 @@ def train(
         help="Stroke change range MIN,MAX in px of width at 28x28 (<0 thins), within -2,2. "
              "Default: the policy's (thickness -1,2; thin -1,0; thick 0,2).")] = None,
     aug_p: Annotated[float | None, typer.Option(
-        help="Probability that an image keeps its original strokes (default 0.2).")] = None,
+        help="Probability that an image not redrawn by a pen keeps its original strokes "
+             "(default 0.2; pen redraws have their own share, p_pen).")] = None,
     epochs: Annotated[int, typer.Option(help="Passes over the 60,000 training images.")] = 20,
     batch_size: Annotated[int, typer.Option(help="Images per Adam step.")] = 512,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
@@ -232,24 +233,27 @@ def report(
     name: Annotated[str | None, typer.Option(help="Report name (default: the experiment's).")] = None,
     compare: Annotated[list[str] | None, typer.Option(
         help="A,B: compare variant A with B at every level (repeatable; default: the "
-        "experiment file's `compare` pairs).", show_default=False)] = None,
+        "experiment file's `compare` pairs, skipping any these results lack).",
+        show_default=False)] = None,
 ) -> None:
     """Write the comparison report (README.md, CSV tables, plots) from result files only."""
     from robustmnist.analysis import experiment_record
     from robustmnist.reports import write_report
 
-    exp_name, question, pairs = experiment_record(results)
-    if compare:
-        pairs = []
-        for spec in compare:
-            a, sep, b = spec.partition(",")
-            if not sep or not a.strip() or not b.strip() or "," in b or a.strip() == b.strip():
-                raise RobustMnistError(f"--compare {spec!r}: expected two different variant "
-                                       "names A,B (e.g. --compare thickness,none)")
-            pairs.append((a.strip(), b.strip()))
+    exp_name, question, recorded = experiment_record(results)
+    pairs: list[tuple[str, str]] = []
+    for spec in compare or []:
+        a, sep, b = spec.partition(",")
+        if not sep or not a.strip() or not b.strip() or "," in b or a.strip() == b.strip():
+            raise RobustMnistError(f"--compare {spec!r}: expected two different variant "
+                                   "names A,B (e.g. --compare thickness,none)")
+        pair = (a.strip(), b.strip())
+        if pair in pairs or pair[::-1] in pairs:
+            raise RobustMnistError(f"--compare {spec!r}: that pair is given twice; give it once")
+        pairs.append(pair)
     name = name or exp_name
     path = write_report(results, out_dir or Path("reports") / name, title=name, question=question,
-                        compare=pairs)
+                        compare=pairs, recorded_compare=[] if compare else recorded)
     out.print(f"wrote report {path}")
 
 
@@ -302,7 +306,8 @@ def augment_preview(
     out_png: Annotated[Path, typer.Option("--out", help="PNG to write.")] = Path("augment-preview.png"),
     aug: Annotated[str, typer.Option(help="Policy to preview.")] = "thickness",
     aug_range: Annotated[str | None, typer.Option(help="MIN,MAX stroke change, px.")] = None,
-    aug_p: Annotated[float | None, typer.Option(help="Probability of no change.")] = None,
+    aug_p: Annotated[float | None, typer.Option(
+        help="Probability that a digit not redrawn by a pen keeps its strokes.")] = None,
     digits: Annotated[int, typer.Option(help="Training digits (rows), 1-64.")] = 8,
     draws: Annotated[int, typer.Option(help="Random draws per digit (columns), 1-32.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the draws.")] = 0,

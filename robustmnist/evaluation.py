@@ -95,6 +95,9 @@ def family_sets(family: str, levels: Sequence[float], data_dir: Path | None = No
 def parse_levels(families: Sequence[str], levels: Sequence[float] | None) -> dict[str, list[float]]:
     """family -> levels to evaluate (defaults per family); validated."""
     chosen: dict[str, list[float]] = {}
+    if len(set(families)) != len(families):
+        twice = next(f for f in families if list(families).count(f) > 1)
+        raise RobustMnistError(f"--family {twice} is given twice; give each family once")
     if levels and len(set(levels)) != len(levels):  # as an experiment file refuses them
         twice = next(v for v in levels if list(levels).count(v) > 1)
         raise RobustMnistError(f"--levels: {twice:g} is given twice; list each level once")

@@ -232,6 +232,8 @@ def _parse_compare(path: Path, raw: list[Any], names: list[str]) -> tuple[tuple[
         if missing := [v for v in pair if v not in names]:
             raise _fail(path, f"compare[{i}]", f"no variant named {missing[0]!r}; variants: "
                         f"{', '.join(names)}")
+        if (pair[0], pair[1]) in pairs or (pair[1], pair[0]) in pairs:
+            raise _fail(path, f"compare[{i}]", f"the pair {pair!r} is listed twice; list it once")
         pairs.append((pair[0], pair[1]))
     return tuple(pairs)
 

@@ -257,14 +257,19 @@ def _class_section(rows: pd.DataFrame, families: list[str], out_dir: Path) -> li
 
 
 def write_report(paths: Sequence[Path], out_dir: Path, title: str = "report",
-                 question: str = "", compare: Sequence[tuple[str, str]] = ()) -> Path:
+                 question: str = "", compare: Sequence[tuple[str, str]] = (),
+                 recorded_compare: Sequence[tuple[str, str]] = ()) -> Path:
     """Render README.md, CSVs and plots for the given sweep folders into `out_dir`.
-    `compare`: (a, b) variant pairs the study asks about, each compared at every level."""
+    `compare`: (a, b) variant pairs the study asks about, each compared at every level (an
+    unknown name is an error); `recorded_compare`: pairs from the experiment's record, where a
+    pair these results lack (a sweep of some of its variants) is skipped and said so."""
     results = load_results(paths)
     for pair in compare:
         if missing := [v for v in pair if v not in results.variants]:
-            raise RobustMnistError(f"compare: no variant {missing[0]!r} in these results; "
-                                   f"choose from {', '.join(results.variants)}")
+            raise RobustMnistError(f"compare {','.join(pair)!r}: no variant {missing[0]!r} in "
+                                   f"these results; choose from {', '.join(results.variants)}")
+    skipped = [p for p in recorded_compare if any(v not in results.variants for v in p)]
+    compare = [*compare, *(p for p in recorded_compare if p not in skipped and p not in compare)]
     out_dir = artifacts.claim_dir(Path(out_dir), "report folder")
     earlier = _report_files(out_dir)
     rows, variants, families = results.rows, results.variants, results.families
@@ -290,6 +295,8 @@ def write_report(paths: Sequence[Path], out_dir: Path, title: str = "report",
     lines = findings(rows, acc, mc, variants) + duel_findings(results, acc, best)
     compared = [(a, b, compare_table(results, acc, a, b)) for a, b in compare]
     lines += [compare_finding(table, a, b) for a, b, table in compared]
+    lines += [f"The experiment's compared pair `{a}` vs `{b}` is skipped: not both in these "
+              "results." for a, b in skipped]
     md += ["## Findings", "", *[f"- {line}" for line in lines],
            "- Noise rule: a difference is called outside the noise only when the paired McNemar "
            "test (against the same-seed baseline, or between the two variants compared) has "
@@ -336,5 +343,7 @@ REPORT_FILES = ("README.md", "results.csv", "accuracy.csv", "summary.csv", "leve
 
 def _report_files(out_dir: Path) -> dict[Path, int]:
     """Report files already in `out_dir` -> their inode (writes replace files atomically)."""
-    return {out_dir / name: (out_dir / name).stat().st_ino for name in REPORT_FILES
+    names = [*REPORT_FILES, *(p.name for p in out_dir.glob("compare_*.csv")
+                              if p.name[len("compare_"):-len(".csv")].isdigit())]
+    return {out_dir / name: (out_dir / name).stat().st_ino for name in names
             if (out_dir / name).is_file()}

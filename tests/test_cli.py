@@ -131,9 +131,12 @@ def test_report_compare_option(tmp_path, synthetic_sweep):
     assert "## `thickness` vs `none`" in (tmp_path / "r" / "README.md").read_text()
     for spec, match in (("thickness", "expected two different variant names"),
                         ("thickness,thickness", "expected two different variant names"),
-                        ("thickness,pen", "no variant 'pen'")):
+                        ("thickness,pen", "compare 'thickness,pen': no variant 'pen'")):
         bad = invoke("report", sweep, "--out", tmp_path / "r2", "--compare", spec)
         assert bad.exit_code == 1 and match in flat(bad.output), bad.output
+    twice = invoke("report", sweep, "--out", tmp_path / "r3", "--compare", "thickness,none",
+                   "--compare", "none,thickness")
+    assert twice.exit_code == 1 and "given twice" in flat(twice.output)
 
 
 def test_measure_prints_the_sets_thickness(tiny_data_dir, tiny_arrays, tmp_path):

@@ -134,6 +134,8 @@ def test_parse_levels():
     assert parse_levels(["absolute"], [3.0, 2.0]) == {"absolute": [3.0, 2.0]}
     with pytest.raises(RobustMnistError, match="--levels: 2 is given twice"):
         parse_levels(["absolute"], [2.0, 3.0, 2.0])  # refused, as an experiment file does
+    with pytest.raises(RobustMnistError, match="--family delta is given twice"):
+        parse_levels(["delta", "delta"], None)
     with pytest.raises(RobustMnistError, match="unknown family"):
         parse_levels(["blur"], None)
     with pytest.raises(RobustMnistError, match="unknown family"):

@@ -127,8 +127,10 @@ def test_compare_pairs_are_checked_and_recorded(tmp_path):
     assert exp.to_dict()["compare"] == [["thick", "none"]]
     for bad, match in ((' [["thick", "pen"]]', "no variant named 'pen'"),
                        (' [["thick", "thick"]]', "two different variant names"),
-                       (' ["thick"]', "two different variant names")):
-        with pytest.raises(RobustMnistError, match=r"key 'compare\[0\]': (expected )?" + match):
+                       (' ["thick"]', "two different variant names"),
+                       (' [["thick", "none"], ["none", "thick"]]', "listed twice")):
+        key = r"key 'compare\[[01]\]': (expected |the pair .* is )?"
+        with pytest.raises(RobustMnistError, match=key + match):
             load_experiment(_write(tmp_path, "compare =" + bad + "\n" + GOOD))
 
 

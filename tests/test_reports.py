@@ -134,5 +134,19 @@ def test_compared_pairs_get_a_table_at_every_level_and_a_finding(tmp_path, synth
 
 
 def test_compare_names_a_variant_of_the_results(tmp_path, synthetic_sweep):
-    with pytest.raises(RobustMnistError, match="compare: no variant 'pen'"):
+    with pytest.raises(RobustMnistError, match="compare 'pen,none': no variant 'pen'"):
         write_report([synthetic_sweep(tmp_path / "s")], tmp_path / "r", compare=[("pen", "none")])
+
+
+def test_recorded_pairs_a_sweep_lacks_are_skipped_and_old_compare_files_go(tmp_path, synthetic_sweep):
+    sweep = synthetic_sweep(tmp_path / "sweep")
+    out = write_report([sweep], tmp_path / "r", compare=[("thickness", "none")])
+    (out / "compare_7.csv").write_text("not ours?\n")  # a name of the report's own pattern
+    keep = out / "compare_notes.csv"
+    keep.write_text("the user's\n")
+    write_report([sweep], out, recorded_compare=[("thickness", "pen"), ("none", "thickness")])
+    assert not (out / "compare_7.csv").exists() and keep.read_text() == "the user's\n"
+    readme = (out / "README.md").read_text()
+    assert "compared pair `thickness` vs `pen` is skipped" in readme
+    assert "## `none` vs `thickness`" in readme and "## `thickness` vs `none`" not in readme
+    assert pd.read_csv(out / "compare_1.csv").columns[2] == "none"
