@@ -357,6 +357,7 @@ def duel(results: Results, acc: pd.DataFrame, a: str, b: str, family: str,
     disjoint = (x["lo"] > y["hi"] or y["lo"] > x["hi"]) if min(x["n"], y["n"]) > 1 else True
     measured = min(x["n"], y["n"]) >= 1 and bool(ps)
     return {"family": family, "level": level, "a": a, "b": b,
+            "a_mean": float(x["mean"]), "b_mean": float(y["mean"]),
             "diff_pp": 100 * float(x["mean"] - y["mean"]), "seeds": len(ps),
             "clear": measured and all(p < 0.05 for p in ps) and bool(disjoint)}
 
@@ -385,12 +386,10 @@ def compare_table(results: Results, acc: pd.DataFrame, a: str, b: str) -> pd.Dat
     rows = []
     for family, level in sets:
         d = duel(results, acc, a, b, family, level)
-        if d is None:
-            continue
-        at = acc[(acc["family"] == family) & (acc["level"] == level)].set_index("variant")
-        rows.append({"family": family, "level": level, a: 100 * float(at.loc[a, "mean"]),
-                     b: 100 * float(at.loc[b, "mean"]), "diff_pp": d["diff_pp"],
-                     "seeds": d["seeds"], "clear": d["clear"]})
+        if d is not None:
+            rows.append({"family": family, "level": level, a: 100 * d["a_mean"],
+                         b: 100 * d["b_mean"], "diff_pp": d["diff_pp"], "seeds": d["seeds"],
+                         "clear": d["clear"]})
     return pd.DataFrame(rows, columns=["family", "level", a, b, "diff_pp", "seeds", "clear"])
 
 

@@ -92,15 +92,24 @@ def family_sets(family: str, levels: Sequence[float], data_dir: Path | None = No
     return [p for p, _ in results]
 
 
+def _repeated(values: Sequence[Any]) -> Any:
+    """The first value that occurs again in `values` (None if all differ)."""
+    seen: set[Any] = set()
+    for v in values:
+        if v in seen:
+            return v
+        seen.add(v)
+    return None
+
+
 def parse_levels(families: Sequence[str], levels: Sequence[float] | None) -> dict[str, list[float]]:
     """family -> levels to evaluate (defaults per family); validated."""
     chosen: dict[str, list[float]] = {}
-    if len(set(families)) != len(families):
-        twice = next(f for f in families if list(families).count(f) > 1)
-        raise RobustMnistError(f"--family {twice} is given twice; give each family once")
-    if levels and len(set(levels)) != len(levels):  # as an experiment file refuses them
-        twice = next(v for v in levels if list(levels).count(v) > 1)
-        raise RobustMnistError(f"--levels: {twice:g} is given twice; list each level once")
+    # Repeats are refused, as an experiment file refuses them.
+    if (family := _repeated(families)) is not None:
+        raise RobustMnistError(f"--family {family} is given twice; give each family once")
+    if (level := _repeated(levels or [])) is not None:
+        raise RobustMnistError(f"--levels: {level:g} is given twice; list each level once")
     for family in families:
         if family not in FAMILIES or family == "clean":
             raise RobustMnistError(f"unknown family {family!r}; choose from "

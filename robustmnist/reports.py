@@ -269,7 +269,7 @@ def write_report(paths: Sequence[Path], out_dir: Path, title: str = "report",
             raise RobustMnistError(f"compare {','.join(pair)!r}: no variant {missing[0]!r} in "
                                    f"these results; choose from {', '.join(results.variants)}")
     skipped = [p for p in recorded_compare if any(v not in results.variants for v in p)]
-    compare = [*compare, *(p for p in recorded_compare if p not in skipped and p not in compare)]
+    compare = [*compare, *(p for p in recorded_compare if p not in skipped)]
     out_dir = artifacts.claim_dir(Path(out_dir), "report folder")
     earlier = _report_files(out_dir)
     rows, variants, families = results.rows, results.variants, results.families
