@@ -19,6 +19,10 @@ Policies are configurations of one mechanism, not code copies:
                                 re-fitted into their original's box, as MNIST's (and
                                 ``predict``'s) size normalisation does with a photo: a wide
                                 pen then draws a smaller digit, a fine pen a larger one
+``fine-pen+erode2+affine``      ``refit-pen+thickness+affine`` with pens from 0.25 px (below
+                                the 1-px measurement floor: a fine pen photographed, drawn
+                                at full ink; ``pen.FINE_PEN_PX``) and stroke changes
+                                -2..+2 px (the 3x3 erosion rung too)
 ==============================  =====================================================
 
 Randomness comes from a seeded ``torch.Generator`` on the training device, so a run replays

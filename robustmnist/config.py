@@ -26,7 +26,7 @@ from typing import Any, TypeVar, get_type_hints
 from robustmnist import RobustMnistError
 from robustmnist.models import MODELS, check_device
 from robustmnist.morphology import LADDER_RANGE
-from robustmnist.pen import PEN_RANGE
+from robustmnist.pen import FINE_PEN_PX, PEN_RANGE
 
 C = TypeVar("C")
 
@@ -133,6 +133,9 @@ POLICIES: dict[str, dict[str, Any]] = {
                                   "delta_max_px": 2.0, "affine": True},
     "refit-pen+thickness+affine": {"p_pen": 0.7, "pen_max_px": 9.0, "pen_refit": 0.5,
                                    "delta_min_px": -1.0, "delta_max_px": 2.0, "affine": True},
+    "fine-pen+erode2+affine": {"p_pen": 0.7, "pen_min_px": FINE_PEN_PX, "pen_max_px": 9.0,
+                               "pen_refit": 0.5, "delta_min_px": -2.0, "delta_max_px": 2.0,
+                               "affine": True},
 }
 
 
@@ -154,10 +157,11 @@ class AugConfig:
     affine_scale: float = setting(0.1, "max relative zoom (uniform 1 +/- this)", lo=0, hi=0.9)
     p_pen: float = setting(0.0, "probability that an image is redrawn along its skeleton with a "
                            "random pen (pen.py); the others get the stroke change", lo=0, hi=1)
-    pen_min_px: float = setting(1.0, "thinnest pen, px of measured stroke thickness at 28x28",
-                                lo=PEN_RANGE[0], hi=PEN_RANGE[1])
+    pen_min_px: float = setting(1.0, "thinnest pen, px of measured stroke thickness at 28x28 "
+                                "(below 1: a fine pen, its own render width at full ink)",
+                                lo=FINE_PEN_PX, hi=PEN_RANGE[1])
     pen_max_px: float = setting(6.0, "thickest pen, px (uniform between)",
-                                lo=PEN_RANGE[0], hi=PEN_RANGE[1])
+                                lo=FINE_PEN_PX, hi=PEN_RANGE[1])
     pen_refit: float = setting(0.0, "probability that a redrawn digit is re-fitted into its "
                                "original's box and centre of mass (MNIST's size normalisation, "
                                "as predict applies it to a photo: a wide pen then draws a smaller "

@@ -15,10 +15,14 @@ Pen widths of the augmentation are on the *measured* scale: each digit's calibra
 thickness measured at render widths 2-9 px) maps a nominal width to the render width that
 measures that much, because a wide pen fills loops and junctions, where the Morpho-MNIST measure
 reads more than the pen (an 8 drawn at 6 px measures ~8.7 px). Below ~1.5 px the measure cannot
-confirm a width: a 1-px pen measures ~1.5 px (the measurement floor). At the top, a width beyond
-what a digit measures at the widest calibrated render (9 px) is drawn at that ceiling: 14.8 % of
-the 60,000 training digits measure under 9 px there (1 % under 8.5 px, the lowest 7.0 px), so
-the widest pens of a 1-9 px range are a little narrower than asked on those digits.
+confirm a width: a 1-px pen measures ~1.5 px (the measurement floor). Pens below 1 px (down to
+`FINE_PEN_PX`, a fine pen photographed and size-normalised: a line narrower than a pixel) are
+drawn at their own render width with their strongest pixel put back at full ink, as a photo's
+contrast stretch does; 0.25-1 px pens measure ~1.1-1.5 px (median over 1,000 test digits).
+At the top, a width beyond what a digit measures at the widest calibrated render (9 px) is
+drawn at that ceiling: 14.8 % of the 60,000 training digits measure under 9 px there (1 % under
+8.5 px, the lowest 7.0 px), so the widest pens of a 1-9 px range are a little narrower
+than asked on those digits.
 """
 
 from __future__ import annotations
@@ -41,8 +45,13 @@ from filelock import FileLock
 from robustmnist import artifacts
 from robustmnist.measure import UPSCALE, as_digits, binarise, map_chunks, measure_thickness, upscale
 
-#: Allowed pen widths of the augmentation, px of measured stroke thickness at 28x28.
+#: Calibrated pen widths of the augmentation, px of measured stroke thickness at 28x28; the
+#: first is the measurement floor (a 1-px render, not measured).
 PEN_RANGE = (1.0, 9.0)
+#: The thinnest pen allowed: below PEN_RANGE[0] a width is the render width itself, the ink
+#: scaled so that the strongest pixel is full (below ~0.25 px the measure grows again: 1.10 px
+#: at 0, 1.07 at 0.25).
+FINE_PEN_PX = 0.25
 #: Render widths at which each atlas digit is measured (its calibration knots), px.
 CALIBRATION_WIDTHS = (2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
 #: Atlas distances are stored as uint8 in units of 1/DIST_STEP px (saturating at ~8 px).
@@ -128,20 +137,35 @@ def render(distance: torch.Tensor, width_px: torch.Tensor) -> torch.Tensor:
 
 def render_width(knots: torch.Tensor, pen_width_px: torch.Tensor) -> torch.Tensor:
     """The render width (B,) that measures `pen_width_px` (B,) on each digit (piecewise linear
-    in its calibration `knots` (B, K + 1); clamped to the calibrated range)."""
+    in its calibration `knots` (B, K + 1); clamped to the calibrated range). A fine pen, below
+    the measurement floor ``PEN_RANGE[0]``, is its own render width.
+
+    >>> knots = torch.tensor([[1.0, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 9.5]])  # measures +0.5
+    >>> render_width(knots.expand(3, -1), torch.tensor([0.5, 3.0, 9.0])).tolist()
+    [0.5, 2.5, 8.5]
+    """
     widths = torch.tensor((PEN_RANGE[0], *CALIBRATION_WIDTHS), device=knots.device)
     safe = torch.where(torch.isfinite(knots), knots, widths)  # undrawable rows: any numbers
     w = torch.minimum(torch.maximum(pen_width_px.to(torch.float32), safe[:, 0]), safe[:, -1])
     upper = torch.searchsorted(safe, w.unsqueeze(1)).clamp_(1, len(widths) - 1)  # (B, 1)
     x0, x1 = safe.gather(1, upper - 1)[:, 0], safe.gather(1, upper)[:, 0]
     y0, y1 = widths[upper - 1][:, 0], widths[upper][:, 0]
-    return y0 + (y1 - y0) * (w - x0) / (x1 - x0)
+    calibrated = y0 + (y1 - y0) * (w - x0) / (x1 - x0)
+    pen = pen_width_px.to(torch.float32)
+    return torch.where(pen < PEN_RANGE[0], pen, calibrated)
 
 
 def draw(atlas: PenAtlas, pen_width_px: torch.Tensor) -> torch.Tensor:
     """Each digit of `atlas` redrawn with a pen that measures `pen_width_px` (B,):
-    (B, 1, 28, 28) float32 in [0, 1], on the atlas's device."""
-    return render(atlas.distance, render_width(atlas.knots, pen_width_px))
+    (B, 1, 28, 28) float32 in [0, 1], on the atlas's device. A fine pen (below
+    ``PEN_RANGE[0]``) has its ink divided by its strongest pixel's (full ink, as a photo's
+    contrast stretch gives it); wider pens are drawn as they render."""
+    ink = render(atlas.distance, render_width(atlas.knots, pen_width_px))
+    fine = pen_width_px < PEN_RANGE[0]
+    if bool(fine.any()):  # only fine-pen policies pay for the peak
+        peak = ink.amax((-2, -1), keepdim=True).clamp_(min=1e-6)
+        ink = torch.where(fine.view(-1, 1, 1, 1), ink / peak, ink)
+    return ink
 
 
 def _atlas_chunk(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

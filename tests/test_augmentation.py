@@ -249,7 +249,7 @@ def test_refit_draws_only_for_refit_policies():
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"pen_min_px": 5.0, "pen_max_px": 2.0}, "pen range"),
     ({"pen_max_px": 9.5}, "pen_max_px: must be <= 9"),
-    ({"pen_min_px": 0.5}, "pen_min_px: must be >= 1"),
+    ({"pen_min_px": 0.2}, "pen_min_px: must be >= 0.25"),
     ({"p_pen": 1.5}, "p_pen"),
 ])
 def test_bad_pen_parameters(kwargs, match):

@@ -58,9 +58,37 @@ def test_one_px_pen_sits_at_the_measurement_floor(strokes_atlas):
 
 def test_render_width_inverts_the_calibration():
     knots = torch.tensor([[1.0, 2.2, 3.1, 4.5, 6.0, 7.5, 9.0, 10.5, 12.0]])
-    widths = torch.tensor([1.0, 2.2, 3.8, 9.0, 0.5, 14.0])
+    widths = torch.tensor([1.0, 2.2, 3.8, 9.0, 0.5, 14.0, 0.999])
     got = pen.render_width(knots.expand(len(widths), -1).contiguous(), widths)
-    torch.testing.assert_close(got, torch.tensor([1.0, 2.0, 3.5, 7.0, 1.0, 9.0]))
+    # below the measurement floor a (fine) pen is its own render width
+    torch.testing.assert_close(got, torch.tensor([1.0, 2.0, 3.5, 7.0, 0.5, 9.0, 0.999]))
+
+
+def test_fine_pen_is_thinner_at_full_ink(strokes_atlas):
+    n = len(strokes_atlas)
+    measured = {}
+    for width in (0.25, 0.5, 0.75, 1.0):
+        ink = pen.draw(strokes_atlas, torch.full((n,), width))
+        peak = ink.amax((-2, -1)).flatten()
+        if width < 1:  # a fine pen is put at full ink, as a photo's contrast stretch does
+            torch.testing.assert_close(peak, torch.ones(n))
+            raw = pen.render(strokes_atlas.distance, torch.full((n,), width))
+            torch.testing.assert_close(ink, raw / raw.amax((-2, -1), keepdim=True))
+        else:  # a calibrated pen is drawn as it renders (the 1-px pen is fainter)
+            torch.testing.assert_close(ink, pen.render(strokes_atlas.distance, torch.ones(n)))
+            assert peak.max() < 1
+        measured[width] = np.nanmean(measure_thickness(_as_u8(ink), workers=1))
+    assert measured[0.5] < measured[0.75] - 0.05 and measured[0.75] < measured[1.0]
+    assert 0.9 <= measured[0.25] <= 1.3, measured
+
+
+def test_fine_pen_rows_mix_with_calibrated_rows(strokes_atlas):
+    # one batch, both kinds: each row is drawn as it would be alone
+    widths = torch.tensor([0.5, 3.0, 0.25, 1.0])
+    both = pen.draw(strokes_atlas, widths)
+    for i, w in enumerate(widths.tolist()):
+        alone = pen.draw(strokes_atlas[[i]], torch.tensor([w]))
+        torch.testing.assert_close(both[i:i + 1], alone)
 
 
 def test_blank_digit_is_not_drawable():
