@@ -121,7 +121,8 @@ def train(
         "--out", help="Run folder. Default: runs/<aug>-seed<seed>.", show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished run.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Start over in an existing run folder.")] = False,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all cores).")] = None,
+    threads: Annotated[int | None, typer.Option(
+        help="CPU threads, and processes building the pen atlas (default: all cores).")] = None,
     data_dir: DataDir = None, quiet: Quiet = False,
 ) -> None:
     """Train a model (classic recipe by default) into a run folder; resumable."""

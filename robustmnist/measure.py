@@ -24,6 +24,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 from skimage.morphology import skeletonize
 
 UPSCALE = 4
@@ -95,8 +96,9 @@ def _measure_chunk(images: np.ndarray) -> np.ndarray:
 
 def map_chunks(fn: Callable[[np.ndarray], Any], images: np.ndarray,
                workers: int | None = None) -> list[Any]:
-    """`fn` over chunks of `images` (in order), in processes when there are many digits."""
-    workers = workers or ((os.cpu_count() or 1) if len(images) >= 2000 else 1)
+    """`fn` over chunks of `images` (in order), in processes when there are many digits:
+    by default as many as torch's CPU threads (``--threads``; a ``run --jobs`` worker's share)."""
+    workers = workers or (torch.get_num_threads() if len(images) >= 2000 else 1)
     if workers <= 1:
         return [fn(images)]
     from robustmnist.executors import exit_with_parent
@@ -131,7 +133,7 @@ def measure_thickness(images: np.ndarray, workers: int | None = None) -> np.ndar
 
     Args:
         images: uint8 (N, 28, 28) or (N, 1, 28, 28), white ink on black.
-        workers: processes to use (default: all cores when N >= 2000, else 1).
+        workers: processes to use (default: torch's CPU threads when N >= 2000, else 1).
 
     >>> measure_thickness(np.zeros((1, 28, 28), np.uint8)).tolist()
     [nan]

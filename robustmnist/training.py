@@ -33,7 +33,7 @@ from robustmnist.config import TrainConfig
 from robustmnist.data import MnistSplit, load_split
 from robustmnist.layout import RunDir
 from robustmnist.models import build_model, resolve_device
-from robustmnist.pen import PenAtlas, training_atlas
+from robustmnist.pen import ATLAS_VERSION, PenAtlas, training_atlas
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
                   "epoch_seconds", "images_per_second"]
@@ -134,11 +134,13 @@ def _train_locked(config: TrainConfig, run: RunDir, device: torch.device, *, res
     start_epoch = 0
     metrics: list[dict[str, float]] = []
     if state == "partial":
-        start_epoch, metrics = _resume(run, model, optimizer, device)
+        start_epoch, metrics = _resume(run, model, optimizer, device, pen_atlas is not None)
         log(f"resuming {run.root} after epoch {start_epoch}")
 
     meta = {**artifacts.provenance(device), "data_md5": {**train_split.md5, **test_split.md5},
             "variant": variant or config.aug.policy, "run_name": run.root.name}
+    if pen_atlas is not None:  # the pen redraws depend on the atlas computation
+        meta["pen_atlas_version"] = ATLAS_VERSION
     artifacts.write_json(run.config, {"config": config.to_dict(), **meta})
     t_run = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
@@ -156,9 +158,15 @@ def _train_locked(config: TrainConfig, run: RunDir, device: torch.device, *, res
 
 
 def _resume(run: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer,
-            device: torch.device) -> tuple[int, list[dict[str, float]]]:
+            device: torch.device, pen: bool = False) -> tuple[int, list[dict[str, float]]]:
     """Load the unfinished run's state; refuse what would not replay the same numbers."""
     ckpt = load_checkpoint(run.checkpoint)
+    atlas = ckpt.meta.get("pen_atlas_version")
+    if pen and atlas is not None and atlas != ATLAS_VERSION:
+        raise RobustMnistError(
+            f"{run.root} was trained on pen atlas version {atlas}, this robustmnist draws pens "
+            f"from version {ATLAS_VERSION}; pass --force to start over (resuming would mix two "
+            "pen renderings in one run)")
     threads = ckpt.meta.get("machine", {}).get("torch_threads")
     if device.type == "cpu" and threads and threads != torch.get_num_threads():
         raise RobustMnistError(

@@ -181,6 +181,43 @@ def test_resume_with_other_threads_or_model_shape(tmp_path, run_dir):
     one_error_line(invoke(*base, "--threads", "2"), "checkpoint.pt", "--force")
 
 
+def test_resume_refuses_another_pen_atlas_version(tmp_path, tiny_data_dir):
+    from robustmnist import pen
+
+    base = ["train", "--aug", "pen", "--batch-size", "128", "--device", "cpu",
+            "--out", tmp_path / "pen", "-q", "--threads", "2"]
+    assert invoke(*base, "--epochs", "1").exit_code == 0
+    ckpt = torch.load(tmp_path / "pen" / "checkpoint.pt", weights_only=True)
+    assert ckpt["meta"]["pen_atlas_version"] == pen.ATLAS_VERSION
+    ckpt["config"]["epochs"], ckpt["complete"] = 2, False
+    ckpt["meta"]["pen_atlas_version"] = pen.ATLAS_VERSION - 1
+    torch.save(ckpt, tmp_path / "pen" / "checkpoint.pt")
+    one_error_line(invoke(*base, "--epochs", "2", "--resume"),
+                   f"pen atlas version {pen.ATLAS_VERSION - 1}", "--force")
+    ckpt["meta"]["pen_atlas_version"] = pen.ATLAS_VERSION  # the same version resumes
+    torch.save(ckpt, tmp_path / "pen" / "checkpoint.pt")
+    assert invoke(*base, "--epochs", "2", "--resume").exit_code == 0
+
+
+def _pid(images: np.ndarray) -> list[int]:
+    return [os.getpid()]
+
+
+def test_chunked_work_follows_the_thread_setting():
+    from robustmnist.measure import map_chunks
+
+    images = np.zeros((2000, 28, 28), np.uint8)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # `--threads 1`: no worker processes
+        assert map_chunks(_pid, images) == [[os.getpid()]]
+        torch.set_num_threads(2)
+        pids = {pid for part in map_chunks(_pid, images) for pid in part}
+        assert os.getpid() not in pids and 1 <= len(pids) <= 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("damage", ["drop_epoch", "aug_key", "config_type"])
 def test_malformed_checkpoints_in_eval_and_predict(tmp_path, run_dir, damage):
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
