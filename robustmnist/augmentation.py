@@ -19,10 +19,11 @@ Policies are configurations of one mechanism, not code copies:
                                 re-fitted into their original's box, as MNIST's (and
                                 ``predict``'s) size normalisation does with a photo: a wide
                                 pen then draws a smaller digit, a fine pen a larger one
-``fine-pen+erode2+affine``      ``refit-pen+thickness+affine`` with pens from 0.25 px (below
-                                the 1-px measurement floor: a fine pen photographed, drawn
-                                at full ink; ``pen.FINE_PEN_PX``) and stroke changes
-                                -2..+2 px (the 3x3 erosion rung too)
+``fine-pen+thickness+affine``   ``refit-pen+thickness+affine``, and a fifth of the redrawn
+                                digits get a *fine* pen instead: a line narrower than a
+                                pixel (render width 0.25-1 px, below the 1-px measurement
+                                floor), its strongest ink put back at full after the
+                                affine, as a fine pen's photo comes out of ``predict``
 ==============================  =====================================================
 
 Randomness comes from a seeded ``torch.Generator`` on the training device, so a run replays
@@ -42,7 +43,7 @@ import torch.nn.functional as F
 
 from robustmnist.config import POLICIES, AugConfig
 from robustmnist.morphology import apply_stroke_delta
-from robustmnist.pen import PenAtlas, build_atlas, draw
+from robustmnist.pen import FINE_PEN_PX, PEN_RANGE, PenAtlas, build_atlas, draw
 
 __all__ = ["POLICIES", "AugConfig", "AugParams", "PenAtlas", "apply", "augment", "preview",
            "sample"]
@@ -51,8 +52,9 @@ __all__ = ["POLICIES", "AugConfig", "AugParams", "PenAtlas", "apply", "augment",
 @dataclass(frozen=True)
 class AugParams:
     """One batch's sampled parameters, replayable: (B,) stroke levels, (B, 3, 3) affines,
-    (B,) pen widths (px; 0 = not redrawn; None when the policy has no pen) and which redrawn
-    digits are re-fitted into their original's box (None when the policy re-fits none)."""
+    (B,) pen widths (px; 0 = not redrawn; None when the policy has no pen; below
+    ``PEN_RANGE[0]`` a fine pen's render width) and which redrawn digits are re-fitted into
+    their original's box (None when the policy re-fits none)."""
 
     stroke_delta_px: torch.Tensor
     affine: torch.Tensor | None
@@ -86,6 +88,11 @@ def sample(config: AugConfig, batch_size: int, generator: torch.Generator) -> Au
     if pen_width is not None and config.pen_refit > 0:  # drawn last: other policies unchanged
         refit = (torch.rand(batch_size, generator=generator, device=device) < config.pen_refit
                  ) & (pen_width > 0)
+    if pen_width is not None and config.pen_fine > 0:  # after the re-fit draws, for the same reason
+        fine_width = uniform(FINE_PEN_PX, PEN_RANGE[0])
+        fine = (torch.rand(batch_size, generator=generator, device=device) < config.pen_fine
+                ) & (pen_width > 0)
+        pen_width = torch.where(fine, fine_width, pen_width)
     return AugParams(delta, matrix, pen_width, refit)
 
 
@@ -164,10 +171,11 @@ def refit_matrix(original: torch.Tensor, redrawn: torch.Tensor) -> torch.Tensor:
     >>> round(float(m[0, 0]), 4), [round(float(v), 2) for v in m[:2, 2]]   # scale, (x, y) shift
     (0.8333, [0.58, 3.92])
     """
-    a, b = _box_side_px(original[:, 0]), _box_side_px(redrawn[:, 0])
+    both = torch.cat([original[:, 0], redrawn[:, 0].to(original.dtype)])  # one pass for both
+    a, b = _box_side_px(both).chunk(2)
     scale = torch.where((a > 0) & (b > 0), a / b.clamp(min=1), torch.ones_like(a))
     scale = scale.clamp(1 / REFIT_LIMIT, REFIT_LIMIT)
-    c_new, c_old = _centre_xy(redrawn[:, 0]), _centre_xy(original[:, 0])
+    c_old, c_new = _centre_xy(both).chunk(2)
     shift = c_old - scale.unsqueeze(1) * c_new
     m = torch.zeros(len(scale), 3, 3, device=scale.device, dtype=scale.dtype)
     m[:, 0, 0], m[:, 1, 1], m[:, 2, 2] = scale, scale, 1
@@ -193,12 +201,13 @@ def warp(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     o1 = (ic * (kx - tx) + id_ * (ky - ty)) / ky - 1
     xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, w)
     ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, h, 1)
-    grid = torch.empty(x.shape[0], h, w, 2, device=x.device, dtype=x.dtype)
+    # The x and y planes of the grid, each contiguous; grid_sample reads them through a
+    # (B, H, W, 2) view (it takes any strides): cheaper than writing the interleaved grid.
+    planes = torch.empty(x.shape[0], 2, h, w, device=x.device, dtype=x.dtype)
     for k, (lx, ly, o) in enumerate(((l00, l01, o0), (l10, l11, o1))):
-        # written straight into the interleaved grid: 3x faster than adding (.., 2) tensors
         torch.add(lx.view(-1, 1, 1) * xs, ly.view(-1, 1, 1) * ys + o.view(-1, 1, 1),
-                  out=grid[..., k])
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros",
+                  out=planes[:, k])
+    return F.grid_sample(x, planes.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros",
                          align_corners=True)
 
 
@@ -206,24 +215,35 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None) -> 
     """Apply sampled parameters to images in [0, 1], (B, 1, H, W); same device and dtype.
 
     `atlas` holds the rows of these B digits (needed when `params` has pen widths): the pen
-    redraw replaces a digit first, then come the stroke change and the affine.
+    redraw replaces a digit first, then come the stroke change and the affine; last, re-fitted
+    and fine-pen rows get their strongest ink back at full.
     """
     out = x
     refit: tuple[torch.Tensor, torch.Tensor] | None = None  # re-fitted rows, (R, 3, 3) affines
+    full: torch.Tensor | None = None  # rows whose strongest ink is put back at full, at the end
     if params.pen_width_px is not None:
         if atlas is None or len(atlas) != x.shape[0]:
             raise ValueError("a pen policy needs the PenAtlas rows of the batch's digits "
                              f"({x.shape[0]}), got {'none' if atlas is None else len(atlas)}")
         rows = torch.nonzero((params.pen_width_px > 0) & atlas.drawable).flatten()
         if rows.numel():  # only the redrawn rows are rendered (each row's ink is its own)
-            pens = draw(atlas[rows], params.pen_width_px.index_select(0, rows)).to(x.dtype)
+            widths = params.pen_width_px.index_select(0, rows)
+            pens = draw(atlas[rows], widths).to(x.dtype)
+            fine = widths < PEN_RANGE[0]
+            if bool(fine.any()):  # a fine pen's render is faint (peak ~0.4-0.9): full ink now
+                peak = pens.amax((-2, -1), keepdim=True).clamp_(min=1e-6)  # (and after the warp)
+                pens = torch.where(fine.view(-1, 1, 1, 1), pens / peak, pens)
+                full = rows.index_select(0, torch.nonzero(fine).flatten())
             out = x.index_copy(0, rows, pens)
             if params.refit is not None:
-                chosen = torch.nonzero(params.refit.index_select(0, rows)).flatten()
+                picked = params.refit.index_select(0, rows)
+                chosen = torch.nonzero(picked).flatten()
                 if chosen.numel():
                     fit_rows = rows.index_select(0, chosen)
                     refit = fit_rows, refit_matrix(x.index_select(0, fit_rows),
                                                    pens.index_select(0, chosen))
+                    full = fit_rows if full is None else rows.index_select(
+                        0, torch.nonzero(picked | fine).flatten())
     if bool((params.stroke_delta_px != 0).any()):
         out = apply_stroke_delta(out, params.stroke_delta_px)
     if params.affine is not None:
@@ -235,11 +255,10 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None) -> 
     elif refit is not None:
         fit_rows, fit = refit
         out = out.index_copy(0, fit_rows, warp(out.index_select(0, fit_rows), fit).clamp_(0, 1))
-    if refit is not None:  # and the strongest ink back at full strength, as MNIST's
-        fit_rows = refit[0]
-        fitted = out.index_select(0, fit_rows)
-        peak = fitted.amax((-2, -1), keepdim=True).clamp_(min=1e-6)
-        out.index_copy_(0, fit_rows, fitted.div_(peak).clamp_(0, 1))  # `out` is a new tensor here
+    if full is not None:  # and the strongest ink back at full strength, as MNIST's
+        chosen_ink = out.index_select(0, full)
+        peak = chosen_ink.amax((-2, -1), keepdim=True).clamp_(min=1e-6)
+        out.index_copy_(0, full, chosen_ink.div_(peak).clamp_(0, 1))  # `out` is a new tensor here
     return out
 
 

@@ -26,7 +26,7 @@ from typing import Any, TypeVar, get_type_hints
 from robustmnist import RobustMnistError
 from robustmnist.models import MODELS, check_device
 from robustmnist.morphology import LADDER_RANGE
-from robustmnist.pen import FINE_PEN_PX, PEN_RANGE
+from robustmnist.pen import PEN_RANGE
 
 C = TypeVar("C")
 
@@ -133,9 +133,9 @@ POLICIES: dict[str, dict[str, Any]] = {
                                   "delta_max_px": 2.0, "affine": True},
     "refit-pen+thickness+affine": {"p_pen": 0.7, "pen_max_px": 9.0, "pen_refit": 0.5,
                                    "delta_min_px": -1.0, "delta_max_px": 2.0, "affine": True},
-    "fine-pen+erode2+affine": {"p_pen": 0.7, "pen_min_px": FINE_PEN_PX, "pen_max_px": 9.0,
-                               "pen_refit": 0.5, "delta_min_px": -2.0, "delta_max_px": 2.0,
-                               "affine": True},
+    "fine-pen+thickness+affine": {"p_pen": 0.7, "pen_max_px": 9.0, "pen_refit": 0.5,
+                                  "pen_fine": 0.2, "delta_min_px": -1.0, "delta_max_px": 2.0,
+                                  "affine": True},
 }
 
 
@@ -157,15 +157,19 @@ class AugConfig:
     affine_scale: float = setting(0.1, "max relative zoom (uniform 1 +/- this)", lo=0, hi=0.9)
     p_pen: float = setting(0.0, "probability that an image is redrawn along its skeleton with a "
                            "random pen (pen.py); the others get the stroke change", lo=0, hi=1)
-    pen_min_px: float = setting(1.0, "thinnest pen, px of measured stroke thickness at 28x28 "
-                                "(below 1: a fine pen, its own render width at full ink)",
-                                lo=FINE_PEN_PX, hi=PEN_RANGE[1])
+    pen_min_px: float = setting(1.0, "thinnest pen, px of measured stroke thickness at 28x28",
+                                lo=PEN_RANGE[0], hi=PEN_RANGE[1])
     pen_max_px: float = setting(6.0, "thickest pen, px (uniform between)",
-                                lo=FINE_PEN_PX, hi=PEN_RANGE[1])
+                                lo=PEN_RANGE[0], hi=PEN_RANGE[1])
     pen_refit: float = setting(0.0, "probability that a redrawn digit is re-fitted into its "
                                "original's box and centre of mass (MNIST's size normalisation, "
                                "as predict applies it to a photo: a wide pen then draws a smaller "
                                "digit)", lo=0, hi=1)
+    pen_fine: float = setting(0.0, "probability that a redrawn digit gets a fine pen instead: a "
+                              "line narrower than a pixel (render width uniform in 0.25-1 px, "
+                              "below the measurement floor; measures 1.06-1.49 px), its strongest "
+                              "ink put back at full after the affine, as a photo's contrast "
+                              "stretch does", lo=0, hi=1)
 
     @property
     def is_identity(self) -> bool:
@@ -182,6 +186,10 @@ class AugConfig:
             raise RobustMnistError(
                 f"pen_refit: {self.pen_refit:g} re-fits redrawn digits, but p_pen is 0 (no digit "
                 "is redrawn); set p_pen > 0 or pen_refit = 0")
+        if self.pen_fine > 0 and self.p_pen == 0:
+            raise RobustMnistError(
+                f"pen_fine: {self.pen_fine:g} gives redrawn digits a fine pen, but p_pen is 0 (no "
+                "digit is redrawn); set p_pen > 0 or pen_fine = 0")
         if self.pen_min_px > self.pen_max_px:
             raise RobustMnistError(
                 f"pen_min_px: pen range [{self.pen_min_px:g}, {self.pen_max_px:g}] px is invalid; "

@@ -15,10 +15,11 @@ Pen widths of the augmentation are on the *measured* scale: each digit's calibra
 thickness measured at render widths 2-9 px) maps a nominal width to the render width that
 measures that much, because a wide pen fills loops and junctions, where the Morpho-MNIST measure
 reads more than the pen (an 8 drawn at 6 px measures ~8.7 px). Below ~1.5 px the measure cannot
-confirm a width: a 1-px pen measures ~1.5 px (the measurement floor). Pens below 1 px (down to
-`FINE_PEN_PX`, a fine pen photographed and size-normalised: a line narrower than a pixel) are
-drawn at their own render width with their strongest pixel put back at full ink, as a photo's
-contrast stretch does; 0.25-1 px pens measure ~1.1-1.5 px (median over 1,000 test digits).
+confirm a width: a 1-px pen measures ~1.5 px (the measurement floor). A *fine* pen (a line
+narrower than a pixel, as a fine pen photographed and size-normalised draws it) is below that
+floor: its width is a render width in [`FINE_PEN_PX`, 1) px, off the measured scale; the
+augmentation puts its strongest ink back at full, as a photo's contrast stretch does
+(``AugConfig.pen_fine``). Such pens measure 1.06-1.49 px (``benchmarks/fine_pens.py``).
 At the top, a width beyond what a digit measures at the widest calibrated render (9 px) is
 drawn at that ceiling: 14.8 % of the 60,000 training digits measure under 9 px there (1 % under
 8.5 px, the lowest 7.0 px), so the widest pens of a 1-9 px range are a little narrower
@@ -48,9 +49,8 @@ from robustmnist.measure import UPSCALE, as_digits, binarise, map_chunks, measur
 #: Calibrated pen widths of the augmentation, px of measured stroke thickness at 28x28; the
 #: first is the measurement floor (a 1-px render, not measured).
 PEN_RANGE = (1.0, 9.0)
-#: The thinnest pen allowed: below PEN_RANGE[0] a width is the render width itself, the ink
-#: scaled so that the strongest pixel is full (below ~0.25 px the measure grows again: 1.10 px
-#: at 0, 1.07 at 0.25).
+#: Fine pens (below the measurement floor PEN_RANGE[0]) are render widths from this up to 1 px;
+#: thinner renders measure no thinner (benchmarks/fine_pens.py).
 FINE_PEN_PX = 0.25
 #: Render widths at which each atlas digit is measured (its calibration knots), px.
 CALIBRATION_WIDTHS = (2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
@@ -157,15 +157,9 @@ def render_width(knots: torch.Tensor, pen_width_px: torch.Tensor) -> torch.Tenso
 
 def draw(atlas: PenAtlas, pen_width_px: torch.Tensor) -> torch.Tensor:
     """Each digit of `atlas` redrawn with a pen that measures `pen_width_px` (B,):
-    (B, 1, 28, 28) float32 in [0, 1], on the atlas's device. A fine pen (below
-    ``PEN_RANGE[0]``) has its ink divided by its strongest pixel's (full ink, as a photo's
-    contrast stretch gives it); wider pens are drawn as they render."""
-    ink = render(atlas.distance, render_width(atlas.knots, pen_width_px))
-    fine = pen_width_px < PEN_RANGE[0]
-    if bool(fine.any()):  # only fine-pen policies pay for the peak
-        peak = ink.amax((-2, -1), keepdim=True).clamp_(min=1e-6)
-        ink = torch.where(fine.view(-1, 1, 1, 1), ink / peak, ink)
-    return ink
+    (B, 1, 28, 28) float32 in [0, 1], on the atlas's device (a fine pen, below
+    ``PEN_RANGE[0]``, at its render width: faint until its ink is scaled to full)."""
+    return render(atlas.distance, render_width(atlas.knots, pen_width_px))
 
 
 def _atlas_chunk(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

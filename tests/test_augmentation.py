@@ -246,10 +246,55 @@ def test_refit_draws_only_for_refit_policies():
     assert abs(params.refit[redrawn].float().mean().item() - 0.5) < 0.05
 
 
+def test_fine_pens_draw_last_and_only_for_fine_policies():
+    base = sample(AugConfig.from_policy("refit-pen+thickness+affine"), 4000,
+                  torch.Generator().manual_seed(4))
+    fine = sample(AugConfig.from_policy("fine-pen+thickness+affine"), 4000,
+                  torch.Generator().manual_seed(4))
+    for a, b in ((base.stroke_delta_px, fine.stroke_delta_px), (base.affine, fine.affine),
+                 (base.refit, fine.refit)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    redrawn = base.pen_width_px > 0
+    changed = fine.pen_width_px != base.pen_width_px
+    assert not changed[~redrawn].any()  # only redrawn digits get a fine pen
+    assert abs(changed[redrawn].float().mean().item() - 0.2) < 0.03
+    widths = fine.pen_width_px[changed]
+    assert widths.min() >= 0.25 and widths.max() < 1.0 and widths.std() > 0.15
+
+
+def test_fine_pens_at_full_ink_before_the_refit_and_after_the_affine():
+    # A fine render is faint (peak ~0.4-0.9): scaled to full before its box is measured (a
+    # faint box would be too small and the digit blown up) and again after the rotation.
+    x = torch.zeros(6, 1, 28, 28)  # Ls with 2-px bars: the skeleton runs between pixel centres
+    x[:, :, 6:24, 4:6] = 0.9
+    x[:, :, 22:24, 4:16] = 0.9
+    atlas = _atlas(x)
+    still = torch.zeros(6)
+    widths = torch.tensor([0.8, 0.9, 0.3, 0.5, 1.0, 1.0])  # the last two: calibrated 1-px pens
+    chosen = torch.tensor([True, True, False, False, False, False])
+    turn = affine_matrix(torch.full((6,), 7.0), torch.full((6, 2), 0.3), torch.ones(6), 13.5)
+    out = apply(x, AugParams(still, turn, widths, chosen), atlas)
+    peaks = out.amax((1, 2, 3))
+    assert peaks[:4].tolist() == pytest.approx([1.0] * 4)
+    assert (peaks[4:] < 0.95).all()  # as in the older policies
+    fitted = apply(x, AugParams(still, None, widths, chosen), atlas)
+    for i in (0, 1):
+        side0, cx0, cy0 = _box_and_centre(x[i, 0])
+        side, cx, cy = _box_and_centre(fitted[i, 0])
+        assert abs(side - side0) <= 1, (i, side0, side)
+        assert abs(cx - cx0) < 0.3 and abs(cy - cy0) < 0.3
+
+
+def test_fine_pens_without_a_pen_are_refused():
+    with pytest.raises(RobustMnistError, match=r"pen_fine: .* p_pen is 0"):
+        AugConfig.from_policy("thickness", pen_fine=0.2)
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"pen_min_px": 5.0, "pen_max_px": 2.0}, "pen range"),
     ({"pen_max_px": 9.5}, "pen_max_px: must be <= 9"),
-    ({"pen_min_px": 0.2}, "pen_min_px: must be >= 0.25"),
+    ({"pen_min_px": 0.5}, "pen_min_px: must be >= 1"),  # fine pens: pen_fine, not the range
+    ({"pen_fine": 1.5}, "pen_fine"),
     ({"p_pen": 1.5}, "p_pen"),
 ])
 def test_bad_pen_parameters(kwargs, match):
@@ -258,15 +303,20 @@ def test_bad_pen_parameters(kwargs, match):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("p_pen", [1.0, 0.5])  # 0.5: redrawn and kept rows mixed
-def test_pen_policy_on_cuda_matches_cpu(p_pen):
-    x = _batch(torch.device("cpu"))
-    config = AugConfig.from_policy("pen", p_pen=p_pen)
-    params = sample(config, len(x), torch.Generator().manual_seed(3))
+@pytest.mark.parametrize("policy", [p for p in POLICIES if AugConfig.from_policy(p).p_pen > 0])
+def test_pen_policies_on_cuda_match_cpu(policy):
+    # the same drawn parameters applied on both devices: redrawn, kept, re-fitted, fine rows
+    x = _batch(torch.device("cpu"), 64)
+    params = sample(AugConfig.from_policy(policy), len(x), torch.Generator().manual_seed(3))
     atlas = _atlas(x)
-    cuda_params = AugParams(params.stroke_delta_px.cuda(), None, params.pen_width_px.cuda())
+
+    def cuda(t):
+        return None if t is None else t.cuda()
+
+    cuda_params = AugParams(params.stroke_delta_px.cuda(), cuda(params.affine),
+                            cuda(params.pen_width_px), cuda(params.refit))
     torch.testing.assert_close(apply(x.cuda(), cuda_params, atlas.to("cuda")).cpu(),
-                               apply(x, params, atlas), atol=1e-6, rtol=0)
+                               apply(x, params, atlas), atol=1e-5, rtol=0)
 
 
 def test_preview_grid_shape(device):

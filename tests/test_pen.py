@@ -64,31 +64,18 @@ def test_render_width_inverts_the_calibration():
     torch.testing.assert_close(got, torch.tensor([1.0, 2.0, 3.5, 7.0, 0.5, 9.0, 0.999]))
 
 
-def test_fine_pen_is_thinner_at_full_ink(strokes_atlas):
+def test_fine_pen_renders_below_the_measurement_floor(strokes_atlas):
+    # Below 1 px a width is the render width itself (faint: the augmentation scales it to
+    # full ink), and thinner renders measure thinner, all under the 1-px pen.
     n = len(strokes_atlas)
     measured = {}
     for width in (0.25, 0.5, 0.75, 1.0):
         ink = pen.draw(strokes_atlas, torch.full((n,), width))
-        peak = ink.amax((-2, -1)).flatten()
-        if width < 1:  # a fine pen is put at full ink, as a photo's contrast stretch does
-            torch.testing.assert_close(peak, torch.ones(n))
-            raw = pen.render(strokes_atlas.distance, torch.full((n,), width))
-            torch.testing.assert_close(ink, raw / raw.amax((-2, -1), keepdim=True))
-        else:  # a calibrated pen is drawn as it renders (the 1-px pen is fainter)
-            torch.testing.assert_close(ink, pen.render(strokes_atlas.distance, torch.ones(n)))
-            assert peak.max() < 1
-        measured[width] = np.nanmean(measure_thickness(_as_u8(ink), workers=1))
+        torch.testing.assert_close(ink, pen.render(strokes_atlas.distance, torch.full((n,), width)))
+        full = ink / ink.amax((-2, -1), keepdim=True)
+        measured[width] = np.nanmean(measure_thickness(_as_u8(full), workers=1))
     assert measured[0.5] < measured[0.75] - 0.05 and measured[0.75] < measured[1.0]
     assert 0.9 <= measured[0.25] <= 1.3, measured
-
-
-def test_fine_pen_rows_mix_with_calibrated_rows(strokes_atlas):
-    # one batch, both kinds: each row is drawn as it would be alone
-    widths = torch.tensor([0.5, 3.0, 0.25, 1.0])
-    both = pen.draw(strokes_atlas, widths)
-    for i, w in enumerate(widths.tolist()):
-        alone = pen.draw(strokes_atlas[[i]], torch.tensor([w]))
-        torch.testing.assert_close(both[i:i + 1], alone)
 
 
 def test_blank_digit_is_not_drawable():
@@ -110,7 +97,7 @@ def test_atlas_rows_and_device(strokes_atlas, device):
 
 @pytest.mark.gpu
 def test_cuda_draw_matches_cpu(strokes_atlas):
-    widths = torch.tensor([1.5, 2.5, 4.0, 6.0])
+    widths = torch.tensor([0.5, 2.5, 4.0, 6.0])  # 0.5: a fine pen
     cpu = pen.draw(strokes_atlas, widths)
     gpu = pen.draw(strokes_atlas.to("cuda"), widths.cuda())
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-6, rtol=0)
