@@ -198,12 +198,18 @@ def build_atlas(images: np.ndarray, workers: int | None = None) -> PenAtlas:
     return PenAtlas(torch.from_numpy(distance).unsqueeze(1), torch.from_numpy(knots))
 
 
-def atlas_path(cache_dir: Path, images: np.ndarray) -> Path:
-    """Cache file of the atlas of `images`: named by a hash of the pixels and the algorithm."""
+def atlas_id(images: np.ndarray) -> str:
+    """``atlas_<N>_<hash>``: names the atlas of `images` by a hash of the pixels and of the
+    algorithm's settings (its cache file's stem; training runs record it)."""
     spec = json.dumps({"atlas": ATLAS_VERSION, "upscale": UPSCALE, "step": DIST_STEP,
                        "calibration": CALIBRATION_WIDTHS, "floor": PEN_RANGE[0],
                        "images": _sha256(as_digits(images))}, sort_keys=True)
-    return Path(cache_dir) / f"atlas_{len(images)}_{hashlib.sha256(spec.encode()).hexdigest()[:16]}.npz"
+    return f"atlas_{len(images)}_{hashlib.sha256(spec.encode()).hexdigest()[:16]}"
+
+
+def atlas_path(cache_dir: Path, images: np.ndarray) -> Path:
+    """Cache file of the atlas of `images` (named by `atlas_id`)."""
+    return Path(cache_dir) / f"{atlas_id(images)}.npz"
 
 
 def _sha256(array: np.ndarray) -> str:

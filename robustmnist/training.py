@@ -33,7 +33,7 @@ from robustmnist.config import TrainConfig
 from robustmnist.data import MnistSplit, load_split
 from robustmnist.layout import RunDir
 from robustmnist.models import build_model, resolve_device
-from robustmnist.pen import ATLAS_VERSION, PenAtlas, training_atlas
+from robustmnist.pen import PenAtlas, atlas_id, training_atlas
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
                   "epoch_seconds", "images_per_second"]
@@ -122,8 +122,8 @@ def _train_locked(config: TrainConfig, run: RunDir, device: torch.device, *, res
                                "or --force to start over")
     train_split = (train_split or load_split("train", data_dir, log=log)).to(device)
     test_split = (test_split or load_split("test", data_dir, log=log)).to(device)
-    pen_atlas = (training_atlas(train_split.images, data_dir, log).to(device)
-                 if config.aug.p_pen > 0 else None)  # pen policies: skeletons, built once
+    # Pen policies: which atlas (its algorithm and the digits' hash) the redraws come from.
+    atlas = atlas_id(train_split.images.cpu().numpy()) if config.aug.p_pen > 0 else None
 
     torch.manual_seed(config.seed)
     model = build_model(config.model)  # initialised on the CPU: same weights on any device
@@ -133,14 +133,18 @@ def _train_locked(config: TrainConfig, run: RunDir, device: torch.device, *, res
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     start_epoch = 0
     metrics: list[dict[str, float]] = []
+    recorded = atlas  # a resumed run from before atlases were recorded is not stamped now
     if state == "partial":
-        start_epoch, metrics = _resume(run, model, optimizer, device, pen_atlas is not None)
+        start_epoch, metrics, recorded = _resume(run, model, optimizer, device, atlas)
         log(f"resuming {run.root} after epoch {start_epoch}")
+    # Built after the checks: a run that cannot resume is refused before a long atlas build.
+    pen_atlas = (training_atlas(train_split.images, data_dir, log).to(device)
+                 if atlas is not None else None)  # pen policies: skeletons, built once
 
     meta = {**artifacts.provenance(device), "data_md5": {**train_split.md5, **test_split.md5},
             "variant": variant or config.aug.policy, "run_name": run.root.name}
-    if pen_atlas is not None:  # the pen redraws depend on the atlas computation
-        meta["pen_atlas_version"] = ATLAS_VERSION
+    if recorded is not None:  # the pen redraws depend on the atlas
+        meta["pen_atlas"] = recorded
     artifacts.write_json(run.config, {"config": config.to_dict(), **meta})
     t_run = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
@@ -158,15 +162,17 @@ def _train_locked(config: TrainConfig, run: RunDir, device: torch.device, *, res
 
 
 def _resume(run: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer,
-            device: torch.device, pen: bool = False) -> tuple[int, list[dict[str, float]]]:
-    """Load the unfinished run's state; refuse what would not replay the same numbers."""
+            device: torch.device, atlas: str | None = None,
+            ) -> tuple[int, list[dict[str, float]], str | None]:
+    """Load the unfinished run's state; refuse what would not replay the same numbers. Returns
+    (finished epochs, their metrics, the pen atlas the run recorded)."""
     ckpt = load_checkpoint(run.checkpoint)
-    atlas = ckpt.meta.get("pen_atlas_version")
-    if pen and atlas is not None and atlas != ATLAS_VERSION:
+    recorded = ckpt.meta.get("pen_atlas")
+    if atlas is not None and recorded is not None and recorded != atlas:
         raise RobustMnistError(
-            f"{run.root} was trained on pen atlas version {atlas}, this robustmnist draws pens "
-            f"from version {ATLAS_VERSION}; pass --force to start over (resuming would mix two "
-            "pen renderings in one run)")
+            f"{run.root} was trained on pen atlas {recorded}, this robustmnist draws its pens "
+            f"from {atlas} (another atlas algorithm or other training digits); pass --force to "
+            "start over (resuming would mix two pen renderings in one run)")
     threads = ckpt.meta.get("machine", {}).get("torch_threads")
     if device.type == "cpu" and threads and threads != torch.get_num_threads():
         raise RobustMnistError(
@@ -183,7 +189,7 @@ def _resume(run: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer,
     if len(metrics) != ckpt.epoch:
         raise RobustMnistError(f"{run.metrics} has {len(metrics)} rows for {ckpt.epoch} finished "
                                "epochs; restore it or pass --force to start over")
-    return ckpt.epoch, metrics
+    return ckpt.epoch, metrics, recorded
 
 
 def _one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,

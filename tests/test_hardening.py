@@ -181,22 +181,33 @@ def test_resume_with_other_threads_or_model_shape(tmp_path, run_dir):
     one_error_line(invoke(*base, "--threads", "2"), "checkpoint.pt", "--force")
 
 
-def test_resume_refuses_another_pen_atlas_version(tmp_path, tiny_data_dir):
+def test_resume_refuses_another_pen_atlas_before_building_it(tmp_path, tiny_data_dir,
+                                                             monkeypatch):
     from robustmnist import pen
 
     base = ["train", "--aug", "pen", "--batch-size", "128", "--device", "cpu",
             "--out", tmp_path / "pen", "-q", "--threads", "2"]
     assert invoke(*base, "--epochs", "1").exit_code == 0
     ckpt = torch.load(tmp_path / "pen" / "checkpoint.pt", weights_only=True)
-    assert ckpt["meta"]["pen_atlas_version"] == pen.ATLAS_VERSION
+    recorded = ckpt["meta"]["pen_atlas"]
+    assert recorded.startswith("atlas_") and (tiny_data_dir / "pen" / f"{recorded}.npz").is_file()
     ckpt["config"]["epochs"], ckpt["complete"] = 2, False
-    ckpt["meta"]["pen_atlas_version"] = pen.ATLAS_VERSION - 1
     torch.save(ckpt, tmp_path / "pen" / "checkpoint.pt")
-    one_error_line(invoke(*base, "--epochs", "2", "--resume"),
-                   f"pen atlas version {pen.ATLAS_VERSION - 1}", "--force")
-    ckpt["meta"]["pen_atlas_version"] = pen.ATLAS_VERSION  # the same version resumes
+    version, build = pen.ATLAS_VERSION, pen.build_atlas
+    monkeypatch.setattr(pen, "ATLAS_VERSION", version + 1)  # another algorithm
+    built = []
+    monkeypatch.setattr(pen, "build_atlas", lambda *a, **k: built.append(1))
+    one_error_line(invoke(*base, "--epochs", "2", "--resume"), recorded, "--force")
+    assert not built  # refused before the (long) build of the new atlas
+    monkeypatch.setattr(pen, "ATLAS_VERSION", version)
+    monkeypatch.setattr(pen, "build_atlas", build)
+    result = invoke(*base, "--epochs", "2", "--resume")  # the same atlas resumes
+    assert result.exit_code == 0, result.output
+    del ckpt["meta"]["pen_atlas"]  # a run from before atlases were recorded: resumes, unstamped
     torch.save(ckpt, tmp_path / "pen" / "checkpoint.pt")
     assert invoke(*base, "--epochs", "2", "--resume").exit_code == 0
+    after = torch.load(tmp_path / "pen" / "checkpoint.pt", weights_only=True)
+    assert after["epoch"] == 2 and "pen_atlas" not in after["meta"]
 
 
 def _pid(images: np.ndarray) -> list[int]:
