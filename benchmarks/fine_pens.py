@@ -38,7 +38,7 @@ def main() -> None:
     images = test.images[: args.n, 0].numpy()
     atlas = build_atlas(images)
     rows = []
-    for width in (0.0, FINE_PEN_PX, 0.5, 0.75, 0.99, PEN_RANGE[0], 1.5, 2.0):
+    for width in (0.0, FINE_PEN_PX, 0.5, 0.75, 0.99, PEN_RANGE[0], 1.5, 2.0):  # 0: why the floor
         ink = draw(atlas, torch.full((len(atlas),), width))
         raw_peak = float(ink.amax((-2, -1)).median())
         kind = "fine (full ink)" if width < PEN_RANGE[0] else "calibrated (as drawn)"

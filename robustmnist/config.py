@@ -167,7 +167,7 @@ class AugConfig:
                                "digit)", lo=0, hi=1)
     pen_fine: float = setting(0.0, "probability that a redrawn digit gets a fine pen instead: a "
                               "line narrower than a pixel (render width uniform in 0.25-1 px, "
-                              "below the measurement floor; measures 1.06-1.49 px), its strongest "
+                              "below the measurement floor; measures 1.07-1.49 px), its strongest "
                               "ink put back at full after the affine, as a photo's contrast "
                               "stretch does", lo=0, hi=1)
 

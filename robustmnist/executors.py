@@ -110,14 +110,24 @@ class LocalExecutor:
             return time.perf_counter() - t0
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
         ctx = multiprocessing.get_context("spawn")  # fork + OpenMP threads can deadlock
-        with ProcessPoolExecutor(max_workers=self.jobs, mp_context=ctx,
-                                 initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
+        pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=ctx,
+                                   initializer=exit_with_parent, initargs=(os.getpid(),))
+        try:
             futures = {pool.submit(train_one, run, data_dir, threads): run for run in runs}
             pending = set(futures)
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in finished:
                     on_done(futures[f].folder.root, f.result())
+        except BaseException:
+            # Ctrl-C, SIGTERM (a scheduler's stop reaches this process only) or a failed run:
+            # stop the workers now instead of waiting for their runs to finish. Their finished
+            # epochs are saved; a write cut short leaves a temporary file --resume removes.
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         return time.perf_counter() - t0
 
     def sweep(self, checkpoints: Sequence[Path], families: dict[str, list[float]],

@@ -19,7 +19,7 @@ confirm a width: a 1-px pen measures ~1.5 px (the measurement floor). A *fine* p
 narrower than a pixel, as a fine pen photographed and size-normalised draws it) is below that
 floor: its width is a render width in [`FINE_PEN_PX`, 1) px, off the measured scale; the
 augmentation puts its strongest ink back at full, as a photo's contrast stretch does
-(``AugConfig.pen_fine``). Such pens measure 1.06-1.49 px (``benchmarks/fine_pens.py``).
+(``AugConfig.pen_fine``). Such pens measure 1.07-1.49 px (``benchmarks/fine_pens.py``).
 At the top, a width beyond what a digit measures at the widest calibrated render (9 px) is
 drawn at that ceiling: 14.8 % of the 60,000 training digits measure under 9 px there (1 % under
 8.5 px, the lowest 7.0 px), so the widest pens of a 1-9 px range are a little narrower

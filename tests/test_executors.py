@@ -372,3 +372,48 @@ def test_worker_without_robustmnist_is_named(tmp_path, tiny_mnist, ray_cluster):
         executor.train(exp.runs()[:1], None, lambda *_: None)
     assert "\n" not in str(info.value)
     assert not RunDir(exp.runs()[0].folder.root).checkpoint.exists()
+
+
+def test_sigterm_stops_a_local_jobs_run_and_its_workers(tmp_path, tiny_mnist):
+    """SIGTERM to a `run --jobs 2` driver alone (a scheduler's stop, or `kill PID`): it exits
+    130 at once with its workers gone, the runs in flight stopped and the queued ones not
+    started (it used to wait for the whole study first); a rerun finishes them."""
+    exp = study(tmp_path)
+    folders = [r.folder for r in exp.runs()]
+    # The spawned workers import robustmnist afresh: a sitecustomize points them (and the
+    # driver) at the tiny files' MD5s.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import json, os\nif 'TINY_MD5' in os.environ:\n    from robustmnist import data\n"
+        "    data.MD5 = json.loads(os.environ['TINY_MD5'])\n")
+    env = {**os.environ, "TINY_MD5": json.dumps(data.MD5),
+           "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "robustmnist", "run", str(exp.source),
+           "--out", str(exp.output), "--jobs", "2", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(0 < metrics_rows(f) <= EPOCHS - 2 for f in folders):
+            break
+        time.sleep(0.02)
+    else:
+        proc.kill()
+        pytest.fail("no run was seen mid-way: " + (proc.communicate()[1] or ""))
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    workers = [int(p) for p in children.read_text().split()] if children.exists() else []
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    complete = [f for f in folders if f.checkpoint.is_file() and load_checkpoint(f.checkpoint).complete]
+    assert len(complete) < len(folders), "the driver waited for the whole study"
+    for pid in workers:  # every child (pool workers, resource tracker) is gone or a zombie
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        assert state == "Z", (pid, state)
+    outcome = run_experiment(exp, LocalExecutor(1))
+    assert outcome.trained == len(folders) - len(complete)
+    assert all(load_checkpoint(f.checkpoint).complete for f in folders)
