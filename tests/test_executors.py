@@ -408,12 +408,17 @@ def test_sigterm_stops_a_local_jobs_run_and_its_workers(tmp_path, tiny_mnist):
     assert proc.returncode == 130, err
     complete = [f for f in folders if f.checkpoint.is_file() and load_checkpoint(f.checkpoint).complete]
     assert len(complete) < len(folders), "the driver waited for the whole study"
-    for pid in workers:  # every child (pool workers, resource tracker) is gone or a zombie
+    def running(pid: int) -> bool:
         try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
         except OSError:
-            continue
-        assert state == "Z", (pid, state)
+            return False
+
+    # every child (pool workers, resource tracker) is gone or a zombie within seconds
+    gone_by = time.monotonic() + 15
+    while time.monotonic() < gone_by and any(running(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not [pid for pid in workers if running(pid)], workers
     outcome = run_experiment(exp, LocalExecutor(1))
     assert outcome.trained == len(folders) - len(complete)
     assert all(load_checkpoint(f.checkpoint).complete for f in folders)
