@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -119,6 +120,10 @@ class LocalExecutor:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in finished:
                     on_done(futures[f].folder.root, f.result())
+        except BrokenProcessPool:
+            raise RobustMnistError(
+                "a training worker process died (killed, or out of memory?); finished epochs are "
+                "saved: run the same command again to resume") from None
         except BaseException:
             # Ctrl-C, SIGTERM (a scheduler's stop reaches this process only) or a failed run:
             # stop the workers now instead of waiting for their runs to finish. Their finished

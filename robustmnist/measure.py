@@ -97,8 +97,10 @@ def _measure_chunk(images: np.ndarray) -> np.ndarray:
 def map_chunks(fn: Callable[[np.ndarray], Any], images: np.ndarray,
                workers: int | None = None) -> list[Any]:
     """`fn` over chunks of `images` (in order), in processes when there are many digits:
-    by default as many as torch's CPU threads (``--threads``; a ``run --jobs`` worker's share)."""
-    workers = workers or (torch.get_num_threads() if len(images) >= 2000 else 1)
+    by default as many as torch's CPU threads (``--threads``; a ``run --jobs`` worker's share),
+    at most one per core."""
+    cores = os.cpu_count() or 1
+    workers = workers or (min(torch.get_num_threads(), cores) if len(images) >= 2000 else 1)
     if workers <= 1:
         return [fn(images)]
     from robustmnist.executors import exit_with_parent

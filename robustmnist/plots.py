@@ -118,6 +118,8 @@ def preview_figure(images_u8: Any, config: Any, draws: int, seed: int) -> tuple[
         parts.append(f"pen {config.pen_min_px:g}-{config.pen_max_px:g} px (p {config.p_pen:g})")
         if config.pen_refit:
             parts.append(f"re-fitted (p {config.pen_refit:g})")
+        if config.pen_fine:
+            parts.append(f"fine pens < 1 px (p {config.pen_fine:g})")
     if config.affine:
         parts.append("affine")
     fig = digit_grid(grid.numpy(), row_labels, col_labels,

@@ -170,15 +170,17 @@ def _resume(run: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer,
     recorded = ckpt.meta.get("pen_atlas")
     if atlas is not None and recorded is not None and recorded != atlas:
         raise RobustMnistError(
-            f"{run.root} was trained on pen atlas {recorded}, this robustmnist draws its pens "
-            f"from {atlas} (another atlas algorithm or other training digits); pass --force to "
-            "start over (resuming would mix two pen renderings in one run)")
+            f"{run.root} was trained on pen atlas {recorded!r}, this robustmnist draws its pens "
+            f"from {atlas!r} (another atlas algorithm or other training digits); start over "
+            "(train --force, or delete that run folder for robustmnist run): resuming would mix "
+            "two pen renderings in one run")
     threads = ckpt.meta.get("machine", {}).get("torch_threads")
     if device.type == "cpu" and threads and threads != torch.get_num_threads():
         raise RobustMnistError(
             f"{run.root} was trained with {threads} CPU threads, this process has "
-            f"{torch.get_num_threads()}; resume with --threads {threads} (another thread count "
-            "changes float sums, so the result would differ from an uninterrupted run)")
+            f"{torch.get_num_threads()}; resume with --threads {threads} (robustmnist run: the "
+            "same --jobs on a machine with as many cores; another thread count changes float "
+            "sums, so the result would differ from an uninterrupted run)")
     try:
         model.load_state_dict(ckpt.state_dict)
         optimizer.load_state_dict(ckpt.optimizer or {})

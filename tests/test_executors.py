@@ -374,14 +374,12 @@ def test_worker_without_robustmnist_is_named(tmp_path, tiny_mnist, ray_cluster):
     assert not RunDir(exp.runs()[0].folder.root).checkpoint.exists()
 
 
-def test_sigterm_stops_a_local_jobs_run_and_its_workers(tmp_path, tiny_mnist):
-    """SIGTERM to a `run --jobs 2` driver alone (a scheduler's stop, or `kill PID`): it exits
-    130 at once with its workers gone, the runs in flight stopped and the queued ones not
-    started (it used to wait for the whole study first); a rerun finishes them."""
+def _local_jobs_driver(tmp_path: Path) -> tuple[subprocess.Popen, Experiment, list[RunDir]]:
+    """A `robustmnist run --jobs 2` driver of the tiny study, started and waited for until a
+    run is mid-way. The spawned workers import robustmnist afresh: a sitecustomize points them
+    (and the driver) at the tiny files' MD5s."""
     exp = study(tmp_path)
     folders = [r.folder for r in exp.runs()]
-    # The spawned workers import robustmnist afresh: a sitecustomize points them (and the
-    # driver) at the tiny files' MD5s.
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(
@@ -396,13 +394,33 @@ def test_sigterm_stops_a_local_jobs_run_and_its_workers(tmp_path, tiny_mnist):
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if any(0 < metrics_rows(f) <= EPOCHS - 2 for f in folders):
-            break
+            return proc, exp, folders
         time.sleep(0.02)
-    else:
-        proc.kill()
-        pytest.fail("no run was seen mid-way: " + (proc.communicate()[1] or ""))
-    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-    workers = [int(p) for p in children.read_text().split()] if children.exists() else []
+    proc.kill()
+    pytest.fail("no run was seen mid-way: " + (proc.communicate()[1] or ""))
+
+
+def _rerun_like_the_workers(exp: Experiment):
+    """The study again, in this process, with a `--jobs 2` worker's thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
+    try:
+        return run_experiment(exp, LocalExecutor(1))
+    finally:
+        torch.set_num_threads(before)
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def test_sigterm_stops_a_local_jobs_run_and_its_workers(tmp_path, tiny_mnist):
+    """SIGTERM to a `run --jobs 2` driver alone (a scheduler's stop, or `kill PID`): it exits
+    130 at once with its workers gone, the runs in flight stopped and the queued ones not
+    started (it used to wait for the whole study first); a rerun finishes them."""
+    proc, exp, folders = _local_jobs_driver(tmp_path)
+    workers = _children(proc.pid)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -419,6 +437,20 @@ def test_sigterm_stops_a_local_jobs_run_and_its_workers(tmp_path, tiny_mnist):
     while time.monotonic() < gone_by and any(running(pid) for pid in workers):
         time.sleep(0.1)
     assert not [pid for pid in workers if running(pid)], workers
-    outcome = run_experiment(exp, LocalExecutor(1))
+    outcome = _rerun_like_the_workers(exp)
     assert outcome.trained == len(folders) - len(complete)
     assert all(load_checkpoint(f.checkpoint).complete for f in folders)
+
+
+def test_a_killed_worker_is_one_error_line_and_the_rerun_resumes(tmp_path, tiny_mnist):
+    proc, exp, folders = _local_jobs_driver(tmp_path)
+    workers = [pid for pid in _children(proc.pid)
+               if "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_text()]
+    os.kill(workers[0], signal.SIGKILL)  # the OOM killer, or a user
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "worker process died" in lines[0] and "Traceback" not in err, err
+    outcome = _rerun_like_the_workers(exp)
+    assert all(load_checkpoint(f.checkpoint).complete for f in folders)
+    assert outcome.trained >= 1
