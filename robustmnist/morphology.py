@@ -69,24 +69,12 @@ def _square(x: torch.Tensor, size: int, anchor: int, dilating: bool) -> torch.Te
     op = torch.maximum if dilating else torch.minimum
     out = x
     for dim in (-2, -1):
-        src = out
+        src, out = out, out.clone()
         n = src.shape[dim]
-        shifts = [s for s in range(-anchor, size - anchor) if s != 0 and abs(s) < n]
-        if not shifts:  # a 1-wide element: a copy (callers may change the result in place)
-            out = src.clone()
-            continue
-        out = torch.empty_like(src)
-        # The first shifted view is combined with the pixel itself straight into `out` (no
-        # copy of the image first); the rows (columns) it does not reach keep the pixel.
-        first = shifts[0]
-        m = n - abs(first)
-        to, frm = (0, first) if first > 0 else (-first, 0)
-        op(src.narrow(dim, to, m), src.narrow(dim, frm, m), out=out.narrow(dim, to, m))
-        edge = slice(m, n) if first > 0 else slice(0, -first)
-        out.narrow(dim, edge.start, edge.stop - edge.start).copy_(
-            src.narrow(dim, edge.start, edge.stop - edge.start))
-        for shift in shifts[1:]:  # out[i] = op over src[i + shift]
+        for shift in range(-anchor, size - anchor):  # out[i] = op over src[i + shift]
             m = n - abs(shift)
+            if shift == 0 or m <= 0:
+                continue
             to, frm = (0, shift) if shift > 0 else (-shift, 0)
             dst = out.narrow(dim, to, m)
             op(dst, src.narrow(dim, frm, m), out=dst)
