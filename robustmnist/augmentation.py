@@ -171,11 +171,10 @@ def refit_matrix(original: torch.Tensor, redrawn: torch.Tensor) -> torch.Tensor:
     >>> round(float(m[0, 0]), 4), [round(float(v), 2) for v in m[:2, 2]]   # scale, (x, y) shift
     (0.8333, [0.58, 3.92])
     """
-    both = torch.cat([original[:, 0], redrawn[:, 0].to(original.dtype)])  # one pass for both
-    a, b = _box_side_px(both).chunk(2)
+    a, b = _box_side_px(original[:, 0]), _box_side_px(redrawn[:, 0])
     scale = torch.where((a > 0) & (b > 0), a / b.clamp(min=1), torch.ones_like(a))
     scale = scale.clamp(1 / REFIT_LIMIT, REFIT_LIMIT)
-    c_old, c_new = _centre_xy(both).chunk(2)
+    c_new, c_old = _centre_xy(redrawn[:, 0]), _centre_xy(original[:, 0])
     shift = c_old - scale.unsqueeze(1) * c_new
     m = torch.zeros(len(scale), 3, 3, device=scale.device, dtype=scale.dtype)
     m[:, 0, 0], m[:, 1, 1], m[:, 2, 2] = scale, scale, 1
