@@ -41,7 +41,8 @@ def main() -> None:
     for width in (0.0, FINE_PEN_PX, 0.5, 0.75, 0.99, PEN_RANGE[0], 1.5, 2.0):  # 0: why the floor
         ink = draw(atlas, torch.full((len(atlas),), width))
         raw_peak = float(ink.amax((-2, -1)).median())
-        kind = "fine (full ink)" if width < PEN_RANGE[0] else "calibrated (as drawn)"
+        kind = ("fine (full ink)" if width >= FINE_PEN_PX else "render, below FINE_PEN_PX (not drawn)"
+                ) if width < PEN_RANGE[0] else "calibrated (as drawn)"
         if width < PEN_RANGE[0]:
             ink = ink / ink.amax((-2, -1), keepdim=True).clamp(min=1e-6)
         u8 = ink[:, 0].mul(255).round().clamp(0, 255).to(torch.uint8).numpy()

@@ -2,4 +2,5 @@
 
 from robustmnist.cli import app
 
-app(prog_name="robustmnist")
+if __name__ == "__main__":
+    app(prog_name="robustmnist")

@@ -210,6 +210,12 @@ def warp(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
                          align_corners=True)
 
 
+def _at_full_ink(ink: torch.Tensor) -> torch.Tensor:
+    """Each digit (B, 1, H, W) divided by its strongest pixel (a photo's contrast stretch);
+    a blank digit stays blank. In place on `ink`."""
+    return ink.div_(ink.amax((-2, -1), keepdim=True).clamp_(min=1e-6)).clamp_(0, 1)
+
+
 def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None) -> torch.Tensor:
     """Apply sampled parameters to images in [0, 1], (B, 1, H, W); same device and dtype.
 
@@ -230,8 +236,7 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None) -> 
             pens = draw(atlas[rows], widths).to(x.dtype)
             fine = widths < PEN_RANGE[0]
             if bool(fine.any()):  # a fine pen's render is faint (peak ~0.4-0.9): full ink now
-                peak = pens.amax((-2, -1), keepdim=True).clamp_(min=1e-6)  # (and after the warp)
-                pens = torch.where(fine.view(-1, 1, 1, 1), pens / peak, pens)
+                pens = torch.where(fine.view(-1, 1, 1, 1), _at_full_ink(pens.clone()), pens)
                 full = rows.index_select(0, torch.nonzero(fine).flatten())
             out = x.index_copy(0, rows, pens)
             if params.refit is not None:
@@ -255,9 +260,7 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None) -> 
         fit_rows, fit = refit
         out = out.index_copy(0, fit_rows, warp(out.index_select(0, fit_rows), fit).clamp_(0, 1))
     if full is not None:  # and the strongest ink back at full strength, as MNIST's
-        chosen_ink = out.index_select(0, full)
-        peak = chosen_ink.amax((-2, -1), keepdim=True).clamp_(min=1e-6)
-        out.index_copy_(0, full, chosen_ink.div_(peak).clamp_(0, 1))  # `out` is a new tensor here
+        out.index_copy_(0, full, _at_full_ink(out.index_select(0, full)))  # `out` is new here
     return out
 
 

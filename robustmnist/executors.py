@@ -79,6 +79,20 @@ def make_executor(kind: str, jobs: int = 1, address: str | None = None,
     raise RobustMnistError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS tells, else the count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def terminate_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool's worker processes now (Ctrl-C, SIGTERM, a failure), not after their tasks."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
+
+
 def exit_with_parent(parent: int, every_s: float = 1.0) -> None:
     """Pool-worker initializer: stop when the driver is gone (killed with SIGKILL/SIGTERM, it
     cannot tell its workers), instead of training on as an orphan."""
@@ -109,7 +123,7 @@ class LocalExecutor:
             for run in runs:
                 on_done(run.folder.root, train_one(run, data_dir))
             return time.perf_counter() - t0
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        threads = max(1, available_cores() // self.jobs)
         ctx = multiprocessing.get_context("spawn")  # fork + OpenMP threads can deadlock
         pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=ctx,
                                    initializer=exit_with_parent, initargs=(os.getpid(),))
@@ -120,16 +134,15 @@ class LocalExecutor:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in finished:
                     on_done(futures[f].folder.root, f.result())
-        except BrokenProcessPool:
+        except BrokenProcessPool as err:
             raise RobustMnistError(
-                "a training worker process died (killed, or out of memory?); finished epochs are "
-                "saved: run the same command again to resume") from None
+                f"a training worker process died ({err}; killed, or out of memory?); finished "
+                "epochs are saved: run the same command again to resume") from None
         except BaseException:
             # Ctrl-C, SIGTERM (a scheduler's stop reaches this process only) or a failed run:
             # stop the workers now instead of waiting for their runs to finish. Their finished
             # epochs are saved; a write cut short leaves a temporary file --resume removes.
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
-                process.terminate()
+            terminate_workers(pool)
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -99,11 +99,12 @@ def map_chunks(fn: Callable[[np.ndarray], Any], images: np.ndarray,
     """`fn` over chunks of `images` (in order), in processes when there are many digits:
     by default as many as torch's CPU threads (``--threads``; a ``run --jobs`` worker's share),
     at most one per core."""
-    cores = os.cpu_count() or 1
-    workers = workers or (min(torch.get_num_threads(), cores) if len(images) >= 2000 else 1)
+    from robustmnist.executors import available_cores, exit_with_parent, terminate_workers
+
+    workers = workers or (min(torch.get_num_threads(), available_cores())
+                          if len(images) >= 2000 else 1)
     if workers <= 1:
         return [fn(images)]
-    from robustmnist.executors import exit_with_parent
 
     parts = np.array_split(images, workers * 4)
     # Workers stop when this process is killed (they would build on as orphans) and are
@@ -113,8 +114,7 @@ def map_chunks(fn: Callable[[np.ndarray], Any], images: np.ndarray,
     try:
         return list(pool.map(fn, parts))
     except BaseException:
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
-            process.terminate()
+        terminate_workers(pool)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

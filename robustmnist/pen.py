@@ -14,8 +14,8 @@ into ink with one elementwise expression, ``ink = clamp(width / 2 + 0.5 - distan
 Pen widths of the augmentation are on the *measured* scale: each digit's calibration (its
 thickness measured at render widths 2-9 px) maps a nominal width to the render width that
 measures that much, because a wide pen fills loops and junctions, where the Morpho-MNIST measure
-reads more than the pen (an 8 drawn at 6 px measures ~8.7 px). Below ~1.5 px the measure cannot
-confirm a width: a 1-px pen measures ~1.5 px (the measurement floor). A *fine* pen (a line
+reads more than the pen (an 8 drawn at 6 px measures ~8.7 px). The calibration starts at ~1.5 px:
+a 1-px pen measures ~1.5 px (the measurement floor of the calibrated pens). A *fine* pen (a line
 narrower than a pixel, as a fine pen photographed and size-normalised draws it) is below that
 floor: its width is a render width in [`FINE_PEN_PX`, 1) px, off the measured scale; the
 augmentation puts its strongest ink back at full, as a photo's contrast stretch does

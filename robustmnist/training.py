@@ -3,7 +3,8 @@ checkpoints every epoch, exact resume.
 
 A run directory holds:
 
-* ``config.json``   the resolved TrainConfig plus provenance (version, git revision, machine);
+* ``config.json``   the resolved TrainConfig plus provenance (version, git revision, machine;
+                    for pen policies the id of the pen atlas, ``pen_atlas``);
 * ``metrics.csv``   one row per finished epoch (train loss/accuracy, test loss/accuracy,
                     epoch seconds, images/s);
 * ``checkpoint.pt`` state_dict, optimizer state and metadata, rewritten atomically after
@@ -120,10 +121,11 @@ def _train_locked(config: TrainConfig, run: RunDir, device: torch.device, *, res
     if state == "partial" and not resume:
         raise RobustMnistError(f"{run.root} holds an unfinished run; pass --resume to continue it "
                                "or --force to start over")
-    train_split = (train_split or load_split("train", data_dir, log=log)).to(device)
-    test_split = (test_split or load_split("test", data_dir, log=log)).to(device)
+    train_split = train_split or load_split("train", data_dir, log=log)
     # Pen policies: which atlas (its algorithm and the digits' hash) the redraws come from.
     atlas = atlas_id(train_split.images.cpu().numpy()) if config.aug.p_pen > 0 else None
+    train_split = train_split.to(device)
+    test_split = (test_split or load_split("test", data_dir, log=log)).to(device)
 
     torch.manual_seed(config.seed)
     model = build_model(config.model)  # initialised on the CPU: same weights on any device
@@ -137,6 +139,8 @@ def _train_locked(config: TrainConfig, run: RunDir, device: torch.device, *, res
     if state == "partial":
         start_epoch, metrics, recorded = _resume(run, model, optimizer, device, atlas)
         log(f"resuming {run.root} after epoch {start_epoch}")
+        if atlas is not None and recorded is None:
+            log(f"{run.root} does not record its pen atlas (an older run): not checked")
     # Built after the checks: a run that cannot resume is refused before a long atlas build.
     pen_atlas = (training_atlas(train_split.images, data_dir, log).to(device)
                  if atlas is not None else None)  # pen policies: skeletons, built once

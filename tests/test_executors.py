@@ -385,8 +385,8 @@ def _local_jobs_driver(tmp_path: Path) -> tuple[subprocess.Popen, Experiment, li
     (site / "sitecustomize.py").write_text(
         "import json, os\nif 'TINY_MD5' in os.environ:\n    from robustmnist import data\n"
         "    data.MD5 = json.loads(os.environ['TINY_MD5'])\n")
-    env = {**os.environ, "TINY_MD5": json.dumps(data.MD5),
-           "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    paths = [str(site), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "TINY_MD5": json.dumps(data.MD5), "PYTHONPATH": os.pathsep.join(paths)}
     cmd = [sys.executable, "-m", "robustmnist", "run", str(exp.source),
            "--out", str(exp.output), "--jobs", "2", "-q"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -415,6 +415,11 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
+needs_proc = pytest.mark.skipif(not Path("/proc/self/task").is_dir(),
+                                reason="reads child processes from /proc (Linux)")
+
+
+@needs_proc
 def test_sigterm_stops_a_local_jobs_run_and_its_workers(tmp_path, tiny_mnist):
     """SIGTERM to a `run --jobs 2` driver alone (a scheduler's stop, or `kill PID`): it exits
     130 at once with its workers gone, the runs in flight stopped and the queued ones not
@@ -442,6 +447,7 @@ def test_sigterm_stops_a_local_jobs_run_and_its_workers(tmp_path, tiny_mnist):
     assert all(load_checkpoint(f.checkpoint).complete for f in folders)
 
 
+@needs_proc
 def test_a_killed_worker_is_one_error_line_and_the_rerun_resumes(tmp_path, tiny_mnist):
     proc, exp, folders = _local_jobs_driver(tmp_path)
     workers = [pid for pid in _children(proc.pid)
