@@ -201,7 +201,9 @@ def warp(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, w)
     ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, h, 1)
     # The x and y planes of the grid, each contiguous; grid_sample reads them through a
-    # (B, H, W, 2) view (it takes any strides): cheaper than writing the interleaved grid.
+    # (B, H, W, 2) view (it takes any strides): the same numbers as writing the interleaved
+    # grid, and the whole warp 13 % cheaper (0.78 vs 0.90 ms per 512-digit batch, medians of 8
+    # alternations in one process, 2026-12-02).
     planes = torch.empty(x.shape[0], 2, h, w, device=x.device, dtype=x.dtype)
     for k, (lx, ly, o) in enumerate(((l00, l01, o0), (l10, l11, o1))):
         torch.add(lx.view(-1, 1, 1) * xs, ly.view(-1, 1, 1) * ys + o.view(-1, 1, 1),
