@@ -236,10 +236,10 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None) -> 
         if rows.numel():  # only the redrawn rows are rendered (each row's ink is its own)
             widths = params.pen_width_px.index_select(0, rows)
             pens = draw(atlas[rows], widths).to(x.dtype)
-            fine = widths < PEN_RANGE[0]
+            fine = widths < PEN_RANGE[0]  # (R,) within `rows`
+            at_full = fine  # rows whose strongest ink is put back at full after the warp
             if bool(fine.any()):  # a fine pen's render is faint (peak ~0.4-0.9): full ink now
                 pens = torch.where(fine.view(-1, 1, 1, 1), _at_full_ink(pens.clone()), pens)
-                full = rows.index_select(0, torch.nonzero(fine).flatten())
             out = x.index_copy(0, rows, pens)
             if params.refit is not None:
                 picked = params.refit.index_select(0, rows)
@@ -248,8 +248,9 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None) -> 
                     fit_rows = rows.index_select(0, chosen)
                     refit = fit_rows, refit_matrix(x.index_select(0, fit_rows),
                                                    pens.index_select(0, chosen))
-                    full = fit_rows if full is None else rows.index_select(
-                        0, torch.nonzero(picked | fine).flatten())
+                at_full = fine | picked
+            if bool(at_full.any()):
+                full = rows.index_select(0, torch.nonzero(at_full).flatten())
     if bool((params.stroke_delta_px != 0).any()):
         out = apply_stroke_delta(out, params.stroke_delta_px)
     if params.affine is not None:

@@ -146,12 +146,12 @@ def render_width(knots: torch.Tensor, pen_width_px: torch.Tensor) -> torch.Tenso
     """
     widths = torch.tensor((PEN_RANGE[0], *CALIBRATION_WIDTHS), device=knots.device)
     safe = torch.where(torch.isfinite(knots), knots, widths)  # undrawable rows: any numbers
-    w = torch.minimum(torch.maximum(pen_width_px.to(torch.float32), safe[:, 0]), safe[:, -1])
+    pen = pen_width_px.to(torch.float32)
+    w = torch.minimum(torch.maximum(pen, safe[:, 0]), safe[:, -1])
     upper = torch.searchsorted(safe, w.unsqueeze(1)).clamp_(1, len(widths) - 1)  # (B, 1)
     x0, x1 = safe.gather(1, upper - 1)[:, 0], safe.gather(1, upper)[:, 0]
     y0, y1 = widths[upper - 1][:, 0], widths[upper][:, 0]
     calibrated = y0 + (y1 - y0) * (w - x0) / (x1 - x0)
-    pen = pen_width_px.to(torch.float32)
     return torch.where(pen < PEN_RANGE[0], pen, calibrated)
 
 
