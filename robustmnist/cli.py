@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from robustmnist import RobustMnistError, __version__
+from robustmnist.allocator import keep_freed_memory
 from robustmnist.config import MAX_SEED, POLICIES, aug_from_options
 from robustmnist.console import (
     RichProgress,
@@ -54,6 +55,7 @@ def main(version: Annotated[bool, typer.Option("--version", callback=_version,
                                                is_eager=True, help="Show the version.")] = False,
          ) -> None:
     """robustmnist: stroke-thickness robustness of MNIST classifiers."""
+    keep_freed_memory()  # every batch's tensors reused, not page-faulted in again
 
 
 def _floats(option: str, text: str) -> list[float]:
@@ -114,6 +116,8 @@ def train(
     epochs: Annotated[int, typer.Option(help="Passes over the 60,000 training images.")] = 20,
     batch_size: Annotated[int, typer.Option(help="Images per Adam step.")] = 512,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    lr_schedule: Annotated[str, typer.Option(
+        help="constant (the classic recipe) | cosine (lr decayed to 0 at the last step).")] = "constant",
     seed: Annotated[int, typer.Option(help="Seed for init, batch order, augmentation.")] = 0,
     model: Annotated[str, typer.Option(help="Model name (see models.MODELS).")] = "baseline",
     device: Device = "auto",
@@ -131,7 +135,8 @@ def train(
     from robustmnist.training import train as train_fn
 
     config = from_table(TrainConfig, {"model": model, "epochs": epochs, "batch_size": batch_size,
-                                      "lr": lr, "seed": seed, "device": device},
+                                      "lr": lr, "lr_schedule": lr_schedule, "seed": seed,
+                                      "device": device},
                         "--", aug=aug_from_options(aug, aug_range, aug_p))
     set_threads(threads)
     run_dir = run_dir or Path("runs") / f"{aug}-seed{seed}"

@@ -30,6 +30,9 @@ from robustmnist.pen import PEN_RANGE
 
 C = TypeVar("C")
 
+#: How the learning rate moves over a run (training.lr_at).
+LR_SCHEDULES = ("constant", "cosine")
+
 #: Seeds are mixed into 64-bit generator seeds (training.epoch_generator): keep them 32-bit.
 MAX_SEED = 2**32 - 1
 
@@ -219,6 +222,9 @@ class TrainConfig:
     epochs: int = setting(20, "passes over the 60,000 training images", lo=1, hi=1000)
     batch_size: int = setting(512, "images per Adam step", lo=1, hi=60_000)
     lr: float = setting(1e-3, "Adam learning rate", lo=0, lo_open=True, hi=10)
+    lr_schedule: str = setting("constant", "constant: lr throughout (the classic recipe); "
+                               "cosine: lr decayed along a half cosine to 0 at the last step",
+                               choices=lambda: LR_SCHEDULES)
     seed: int = setting(0, "model init, batch order and augmentation draws", lo=0, hi=MAX_SEED)
     device: str = setting("auto", "auto | cpu | cuda | cuda:N (auto = cuda if available)",
                           check=check_device)

@@ -219,9 +219,10 @@ def sweep(checkpoints: Sequence[Path], families: dict[str, list[float]], *,
 
 
 def training_record(ckpt: Checkpoint) -> dict[str, Any]:
-    """Epochs and summed epoch seconds of a run (from its metrics.csv, when next to it)."""
+    """Epochs, learning-rate schedule and summed epoch seconds of a run (seconds from its
+    metrics.csv, when next to it)."""
     metrics = RunDir(ckpt.path.parent).read_metrics() if ckpt.path.name == "checkpoint.pt" else []
-    return {"epochs": len(metrics) or ckpt.epoch,
+    return {"epochs": len(metrics) or ckpt.epoch, "lr_schedule": ckpt.config.lr_schedule,
             "train_seconds": sum(m["epoch_seconds"] for m in metrics) if metrics else None}
 
 

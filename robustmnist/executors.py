@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from robustmnist import RobustMnistError
+from robustmnist.allocator import keep_freed_memory
 
 if TYPE_CHECKING:
     from robustmnist.experiments import Run
@@ -46,6 +47,7 @@ def train_one(run: Run, data_dir: Path | None, threads: int = 0) -> float:
     """Train one run quietly (resuming it); its wall seconds. Used by every executor."""
     from robustmnist.training import train
 
+    keep_freed_memory()  # a spawned worker starts with malloc's defaults
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()

@@ -3,7 +3,9 @@
 A file (``experiments/quickstart.toml``) mirrors the configuration dataclasses: top-level
 ``name``, ``description``, ``output``, ``report`` and ``seeds``; a ``[train]`` table holding
 `TrainConfig` fields; a ``[sweep]`` table (``families`` and a level list per family); and one
-``[[variants]]`` table per variant: a ``name`` plus `AugConfig` fields (``policy`` first).
+``[[variants]]`` table per variant: a ``name`` plus `AugConfig` fields (``policy`` first) and
+any `TrainConfig` field but ``seed`` and ``device`` (``lr_schedule = "cosine"``, say), which
+overrides ``[train]`` for that variant's runs.
 `load_experiment` rejects unknown keys, wrong types and impossible values with the file, key
 and reason; relative paths resolve against the file's folder (``~`` expanded).
 `run_experiment` trains every (variant, seed) that is not complete (resuming unfinished
@@ -40,10 +42,16 @@ _TOP_KEYS = {"name": str, "description": str, "output": str, "report": str, "see
              "train": dict, "sweep": dict, "variants": list, "compare": list}
 
 
+#: TrainConfig fields a variant may override (the seed comes from `seeds`; the device, the
+#: augmentation and the model's other settings are [train]'s or the variant's aug fields).
+VARIANT_TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("aug", "seed", "device"))
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
     aug: AugConfig
+    train: tuple[tuple[str, Any], ...] = ()   # (TrainConfig field, value) overriding [train]
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,8 @@ class Experiment:
 
     def runs(self) -> list[Run]:
         """Every (variant, seed) with its config and folder, seed-major (baselines early)."""
-        return [Run(v, seed, TrainConfig(**{**_shared(self.train), "seed": seed, "aug": v.aug}),
+        return [Run(v, seed, TrainConfig(**{**_shared(self.train), **dict(v.train), "seed": seed,
+                                            "aug": v.aug}),
                     self.layout.run(v.name, seed))
                 for seed in self.seeds for v in self.variants]
 
@@ -84,7 +93,8 @@ class Experiment:
                 "output": str(self.output),
                 "report": str(self.report), "seeds": list(self.seeds),
                 "train": _shared(self.train), "families": self.families,
-                "variants": [{"name": v.name, "aug": v.aug.__dict__} for v in self.variants],
+                "variants": [{"name": v.name, "aug": v.aug.__dict__, "train": dict(v.train)}
+                             for v in self.variants],
                 "compare": [list(pair) for pair in self.compare]}
 
 
@@ -209,14 +219,22 @@ def _parse_variants(path: Path, raw: Any) -> tuple[Variant, ...]:
                 or not all(c.isalnum() or c in "-_+." for c in vname)):
             raise _fail(path, f"{where}.name", "expected up to 100 letters, digits, '-', '_', '+' "
                         f"or '.', got {vname!r}")
+        train = {k: table.pop(k) for k in VARIANT_TRAIN_KEYS if k in table}
+        try:
+            from_table(TrainConfig, train)  # each value checked like [train]'s
+        except RobustMnistError as err:
+            key, _, reason = str(err).partition(": ")
+            raise _fail(path, f"{where}.{key}", reason) from None
         try:
             aug = AugConfig.from_policy(check_value("policy", str, policy, {}), **table)
         except RobustMnistError as err:
             if str(err).startswith("unknown augmentation"):
                 raise _fail(path, f"{where}.policy", str(err)) from None
             key, _, reason = str(err).partition(": ")
+            if reason.startswith("unknown key"):
+                reason += f" (or a [train] field: {', '.join(VARIANT_TRAIN_KEYS)})"
             raise _fail(path, f"{where}.{key}", reason) from None
-        variants.append(Variant(vname, aug))
+        variants.append(Variant(vname, aug, tuple(sorted(train.items()))))
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise _fail(path, "variants", f"duplicate variant names in {names}")

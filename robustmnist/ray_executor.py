@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from robustmnist import RobustMnistError, artifacts
+from robustmnist.allocator import keep_freed_memory
 from robustmnist.executors import OnRunDone
 from robustmnist.layout import RunDir
 
@@ -114,6 +115,7 @@ def train_task(run: Run, files: dict[str, bytes], mnist: dict[str, MnistArrays],
 
         def work() -> None:  # the trainer calls back; a thread lets this generator yield
             try:
+                keep_freed_memory()  # Ray's worker processes start with malloc's defaults
                 torch.set_num_threads(threads)
                 train(run.config, folder.root, resume=True, train_split=_split(mnist["train"]),
                       test_split=_split(mnist["test"]), progress=Ship(), variant=run.variant.name)
@@ -137,6 +139,7 @@ def score_task(ckpt: Checkpoint, sets: tuple[list[PerturbedSet], np.ndarray], th
     """One checkpoint on every perturbed set (`evaluation.score`) on this worker."""
     from robustmnist.evaluation import score
 
+    keep_freed_memory()
     torch.set_num_threads(threads)
     psets, labels = sets
     with warnings.catch_warnings():  # the sets are read-only object-store views; never written

@@ -96,6 +96,22 @@ def _training_time(results: Results) -> tuple[float | None, list[int]]:
     return (None if missing else seconds), sorted(epochs)
 
 
+def _schedules(results: Results) -> str:
+    """The learning-rate schedule(s) of the runs, per variant where they differ ("" for
+    sweeps recorded before schedules were: every run then had the constant one)."""
+    by_variant: dict[str, set[str]] = {}
+    for sweep in results.sweeps:
+        training = sweep.meta.get("training")
+        for run, variant in sweep.rows.drop_duplicates("run")[["run", "variant"]].itertuples(index=False):
+            record = training.get(str(run)) if isinstance(training, dict) else None
+            schedule = record.get("lr_schedule", "constant") if isinstance(record, dict) else "constant"
+            by_variant.setdefault(str(variant), set()).add(str(schedule))
+    if all(s == {"constant"} for s in by_variant.values()):
+        return ""
+    return "; learning-rate schedule: " + ", ".join(
+        f"{v} {'/'.join(sorted(s))}" for v, s in by_variant.items())
+
+
 def _wall_seconds(results: Results) -> float | None:
     exp_file = results.sweeps[0].folder.root.parent / "experiment.json"
     try:
@@ -119,7 +135,7 @@ def _setup_section(results: Results) -> list[str]:
         "",
         f"- Model: {', '.join(sorted(set(rows['model'])))}; epochs per run: "
         f"{', '.join(str(e) for e in epochs) or 'n/a'}; seeds per variant: "
-        + ", ".join(f"{v} {n}" for v, n in seeds.items()) + ".",
+        + ", ".join(f"{v} {n}" for v, n in seeds.items()) + _schedules(results) + ".",
         "- Test data MD5 (uncompressed IDX): "
         + ", ".join(f"`{k}` {v}" for k, v in meta.get("data_md5", {}).items()) + ".",
         f"- robustmnist {meta.get('version', '?')} (git {meta.get('git_revision') or 'n/a'}), "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,20 @@ def epoch_generator(seed: int, epoch: int, stream: int, device: torch.device) ->
     g = torch.Generator(device=device)
     g.manual_seed((seed * 1_000_003 + epoch) * 8 + stream)
     return g
+
+
+def lr_at(config: TrainConfig, step: int, steps: int) -> float:
+    """The learning rate of optimizer step `step` of `steps` in the whole run (0-based): a
+    function of the step alone, so a resumed run sets what the uninterrupted one set.
+
+    >>> c = TrainConfig(lr=0.01, lr_schedule="cosine")
+    >>> [round(lr_at(c, s, 5), 5) for s in range(5)]
+    [0.01, 0.00905, 0.00655, 0.00345, 0.00095]
+    """
+    if config.lr_schedule == "constant":
+        return config.lr
+    # cosine: the half cosine sampled at each step's start, the last step just above 0
+    return config.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
 
 
 # --------------------------------------------------------------------------- the loop
@@ -212,8 +227,12 @@ def _one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: Train
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     progress.start(epoch + 1, steps)
+    scheduled = config.lr_schedule != "constant"  # the classic recipe leaves Adam's lr alone
     t0 = time.perf_counter()
     for step in range(steps):
+        if scheduled:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(config, epoch * steps + step, config.epochs * steps)
         idx = perm[step * config.batch_size:(step + 1) * config.batch_size]
         x = augment(to_unit(train_split.images[idx]), config.aug, aug_gen,
                     None if pen_atlas is None else pen_atlas[idx])  # (B,1,28,28)

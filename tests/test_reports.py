@@ -47,6 +47,20 @@ def test_training_time_comes_from_the_sweep_record(tmp_path, synthetic_sweep):
     assert "Training time (sum of epoch times over all runs): not recorded in these sweeps;" in readme
 
 
+def test_setup_names_the_lr_schedules_only_where_a_run_departs_from_constant(tmp_path, synthetic_sweep):
+    runs = [f"{v}-seed{s}" for v in ("none", "thickness") for s in range(3)]
+    mixed = synthetic_sweep(tmp_path / "a", meta={"training": {r: {
+        "epochs": 4, "train_seconds": 60.0,
+        "lr_schedule": "cosine" if r.startswith("thickness") else "constant"} for r in runs}})
+    readme = (write_report([mixed], tmp_path / "ra") / "README.md").read_text()
+    assert ("seeds per variant: none 3, thickness 3; learning-rate schedule: none constant, "
+            "thickness cosine.") in readme
+    constant = synthetic_sweep(tmp_path / "b", meta={"training": {r: {
+        "epochs": 4, "train_seconds": 60.0, "lr_schedule": "constant"} for r in runs}})
+    readme = (write_report([constant], tmp_path / "rb") / "README.md").read_text()
+    assert "seeds per variant: none 3, thickness 3." in readme  # as before schedules were recorded
+
+
 def test_report_is_the_same_from_any_working_directory(tmp_path, synthetic_sweep, monkeypatch):
     results = synthetic_sweep(tmp_path / "sweep")
     first = (write_report([results], tmp_path / "r1") / "README.md").read_text()

@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import pandas as pd
@@ -8,7 +9,7 @@ from robustmnist import RobustMnistError
 from robustmnist.checkpoint import Classifier, load_checkpoint
 from robustmnist.config import AugConfig, TrainConfig
 from robustmnist.layout import RunDir
-from robustmnist.training import METRIC_COLUMNS, run_state, train
+from robustmnist.training import METRIC_COLUMNS, Progress, lr_at, run_state, train
 
 
 def _config(**kw):
@@ -87,6 +88,59 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_splits, policy):
                                   pd.read_csv(tmp_path / "part" / "metrics.csv")[cols])
 
 
+class _Stop(Exception):
+    pass
+
+
+class _StopAfterFirstEpoch(Progress):
+    def end(self, row):  # called once the epoch's checkpoint is written
+        raise _Stop
+
+
+def _same_run(a, b):
+    for key, value in load_checkpoint(a).state_dict.items():
+        torch.testing.assert_close(load_checkpoint(b).state_dict[key], value, rtol=0, atol=0)
+    cols = ["epoch", "train_loss", "test_loss", "test_accuracy"]
+    pd.testing.assert_frame_equal(pd.read_csv(a / "metrics.csv")[cols], pd.read_csv(b / "metrics.csv")[cols])
+
+
+def test_cosine_schedule_runs_and_resumes_exactly(tmp_path, tiny_splits):
+    config = _config(epochs=3, lr=2e-3, lr_schedule="cosine")
+    _train(tmp_path, tiny_splits, "full", config=config)
+    with pytest.raises(_Stop):  # a real interruption: the schedule spans all 3 epochs
+        _train(tmp_path, tiny_splits, "part", config=config, progress=_StopAfterFirstEpoch())
+    assert not load_checkpoint(tmp_path / "part").complete
+    _train(tmp_path, tiny_splits, "part", config=config, resume=True)
+    _same_run(tmp_path / "full", tmp_path / "part")
+    steps = 3 * -(-len(tiny_splits["train"]) // 64)
+    last_lr = load_checkpoint(tmp_path / "full").optimizer["param_groups"][0]["lr"]
+    assert last_lr == pytest.approx(lr_at(config, steps - 1, steps)) and last_lr < 2e-3 / 100
+    # ...and it is not the constant recipe under another name
+    _train(tmp_path, tiny_splits, "constant", config=_config(epochs=3, lr=2e-3))
+    assert load_checkpoint(tmp_path / "constant").optimizer["param_groups"][0]["lr"] == 2e-3
+    with pytest.raises(AssertionError):
+        _same_run(tmp_path / "full", tmp_path / "constant")
+
+
+def test_a_run_saved_before_schedules_existed_is_the_constant_recipe(tmp_path, tiny_splits):
+    _train(tmp_path, tiny_splits, config=_config(epochs=1))
+    path = RunDir(tmp_path / "run").checkpoint
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["lr_schedule"]
+    torch.save(payload, path)
+    assert run_state(tmp_path / "run", _config(epochs=1)) == "complete"
+    with pytest.raises(RobustMnistError, match=r"other settings \(lr_schedule\)"):
+        run_state(tmp_path / "run", _config(epochs=1, lr_schedule="cosine"))
+
+
+def test_lr_at_decays_from_lr_to_zero_on_a_half_cosine():
+    config = TrainConfig(lr=0.004, lr_schedule="cosine")
+    lrs = [lr_at(config, s, 100) for s in range(100)]
+    assert lrs[0] == 0.004 and lrs[50] == pytest.approx(0.002)
+    assert all(a > b for a, b in itertools.pairwise(lrs)) and 0 < lrs[-1] < 0.004 / 1000
+    assert {lr_at(TrainConfig(lr=0.004), s, 100) for s in range(100)} == {0.004}
+
+
 def test_finished_run_is_not_retrained(tmp_path, tiny_splits):
     _train(tmp_path, tiny_splits, config=_config(epochs=1))
     before = (tmp_path / "run" / "checkpoint.pt").stat().st_mtime_ns
@@ -135,7 +189,8 @@ def test_unreadable_metrics_are_one_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize(("kw", "match"), [({"epochs": 0}, "epochs"), ({"lr": -1.0}, "lr"),
-                                           ({"device": "tpu"}, "device")])
+                                           ({"device": "tpu"}, "device"),
+                                           ({"lr_schedule": "linear"}, "lr_schedule")])
 def test_bad_config(tmp_path, tiny_splits, kw, match):
     with pytest.raises(RobustMnistError, match=match):
         _train(tmp_path, tiny_splits, config=_config(**kw))
