@@ -84,8 +84,10 @@ def main() -> None:
              "| measurement | malloc's defaults | freed memory kept | kept / defaults |", "|---|---|---|---|"]
     for k in keys:
         a, b = med["system"][k], med["kept"][k]
-        label = ("training epoch, --aug none" if k == "epoch_s" else "epoch's minor page faults"
-                 if k == "epoch_faults" else f"one epoch's batches through `{k}`")
+        label = ("training epoch, --aug none" if k == "epoch_s" else
+                 "minor page faults in that epoch" if k == "epoch_faults" else
+                 "minor page faults in those batches (after a warm pass)" if k.endswith(" faults")
+                 else f"one epoch's batches through `{k}` (after the training epoch)")
         fmt = (lambda v: f"{v:,.0f}") if "faults" in k else (lambda v: f"{v:.2f} s")
         lines.append(f"| {label} | {fmt(a)} | {fmt(b)} | {b / a:.2f} |" if a else
                      f"| {label} | {fmt(a)} | {fmt(b)} | - |")
