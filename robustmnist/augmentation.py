@@ -238,8 +238,9 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None) -> 
             pens = draw(atlas[rows], widths).to(x.dtype)
             fine = widths < PEN_RANGE[0]  # (R,) within `rows`
             at_full = fine  # rows whose strongest ink is put back at full after the warp
-            if bool(fine.any()):  # a fine pen's render is faint (peak ~0.4-0.9): full ink now
-                pens = torch.where(fine.view(-1, 1, 1, 1), _at_full_ink(pens.clone()), pens)
+            fine_rows = torch.nonzero(fine).flatten()
+            if fine_rows.numel():  # a fine pen's render is faint (peak ~0.4-0.9): full ink now
+                pens.index_copy_(0, fine_rows, _at_full_ink(pens.index_select(0, fine_rows)))
             out = x.index_copy(0, rows, pens)
             if params.refit is not None:
                 picked = params.refit.index_select(0, rows)
@@ -251,8 +252,11 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None) -> 
                 at_full = fine | picked
             if bool(at_full.any()):
                 full = rows.index_select(0, torch.nonzero(at_full).flatten())
-    if bool((params.stroke_delta_px != 0).any()):
-        out = apply_stroke_delta(out, params.stroke_delta_px)
+    changed = torch.nonzero(params.stroke_delta_px).flatten()
+    if changed.numel():  # only those rows: a level of 0 is the identity (pen rows have 0)
+        moved = apply_stroke_delta(out.index_select(0, changed),
+                                   params.stroke_delta_px.index_select(0, changed))
+        out = out.index_copy(0, changed, moved)
     if params.affine is not None:
         matrix = params.affine.float()  # composed in float32 (warp casts to the batch's dtype)
         if refit is not None:  # re-fit first, then the random affine: one warp

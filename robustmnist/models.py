@@ -14,14 +14,16 @@ from robustmnist import RobustMnistError
 class BaselineConvNet(nn.Module):
     """conv 1->10 k5, ReLU, maxpool 2, conv 10->20 k3, ReLU, fc 2000->500, ReLU, fc 500->10.
 
-    Returns log-probabilities (B, 10). 1,007,590 parameters.
+    Returns log-probabilities (B, 10). 1,007,590 parameters. `width` multiplies the conv
+    channels (the ``wide`` model: 20 and 40, fc 4000->500, 2,013,270 parameters).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 10, kernel_size=5)   # (B,1,28,28) -> (B,10,24,24)
-        self.conv2 = nn.Conv2d(10, 20, kernel_size=3)  # (B,10,12,12) -> (B,20,10,10)
-        self.fc1 = nn.Linear(20 * 10 * 10, 500)
+        c1, c2 = 10 * width, 20 * width
+        self.conv1 = nn.Conv2d(1, c1, kernel_size=5)   # (B,1,28,28) -> (B,c1,24,24)
+        self.conv2 = nn.Conv2d(c1, c2, kernel_size=3)  # (B,c1,12,12) -> (B,c2,10,10)
+        self.fc1 = nn.Linear(c2 * 10 * 10, 500)
         self.fc2 = nn.Linear(500, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -31,8 +33,8 @@ class BaselineConvNet(nn.Module):
         # Outside autograd the same maxima come from two elementwise maxima over strided
         # views (~5x cheaper than max_pool2d's index bookkeeping on the CPU); training keeps
         # max_pool2d, whose gradient picks one of tied maxima (the background's equal values).
-        x = F.relu(F.max_pool2d(x, 2) if torch.is_grad_enabled() else max_pool2x2(x))  # (B, 10, 12, 12)
-        x = F.relu(self.conv2(x))          # (B, 20, 10, 10)
+        x = F.relu(F.max_pool2d(x, 2) if torch.is_grad_enabled() else max_pool2x2(x))  # (B, c1, 12, 12)
+        x = F.relu(self.conv2(x))          # (B, c2, 10, 10)
         x = F.relu(self.fc1(x.flatten(1)))  # (B, 500)
         return F.log_softmax(self.fc2(x), dim=1)
 
@@ -53,6 +55,7 @@ def max_pool2x2(x: torch.Tensor) -> torch.Tensor:
 #: name -> constructor. Every entry is exercised by tests/test_models.py.
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "baseline": BaselineConvNet,
+    "wide": lambda: BaselineConvNet(width=2),   # a capacity probe: the same net, twice the channels
 }
 
 

@@ -24,8 +24,9 @@ def test_channels_last_gives_same_output(name):
                                rtol=1e-4, atol=1e-5)
 
 
-def test_baseline_parameter_count():
-    assert count_parameters(build_model("baseline")) == 1_007_590
+@pytest.mark.parametrize(("name", "count"), [("baseline", 1_007_590), ("wide", 2_013_270)])
+def test_parameter_count(name, count):
+    assert count_parameters(build_model(name)) == count
 
 
 def test_pool_before_relu_equals_classic_order():
