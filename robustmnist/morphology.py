@@ -177,12 +177,15 @@ def apply_stroke_delta(x: torch.Tensor, stroke_delta_px: torch.Tensor) -> torch.
         if idx.numel() == 0:
             continue
         first = LADDER[sign](x.index_select(0, idx))
-        out.index_add_(0, idx, first * w1.index_select(0, idx).view(-1, 1, 1, 1))
+        # The rows' sums gathered, added and put back: the same float adds as index_add_,
+        # which takes a generic scatter path on the CPU.
+        rows = out.index_select(0, idx).add_(first * w1.index_select(0, idx).view(-1, 1, 1, 1))
         w2_sub = w2.index_select(0, idx)
         deep = torch.nonzero(w2_sub > 0).flatten()          # positions within idx
         if deep.numel():
             second = second_step(LADDER[2 * sign], first.index_select(0, deep))
             second.mul_(w2_sub.index_select(0, deep).view(-1, 1, 1, 1))
-            out.index_add_(0, idx.index_select(0, deep), second)
+            rows.index_copy_(0, deep, rows.index_select(0, deep).add_(second))
+        out.index_copy_(0, idx, rows)
     out = out.clamp_(0, 1)
     return out.contiguous(memory_format=fmt) if fmt is not None else out

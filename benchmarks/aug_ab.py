@@ -1,0 +1,131 @@
+"""The training augmentation of every policy, this tree's code against an earlier revision's,
+alternated in one session (A B B A), with the same malloc settings in both: one epoch's batches
+(512 digits, the trainer's input path, as bench.py's "augmentation alone") per policy, median
+of `--passes` passes per process. Also checks that both revisions draw bit-identical batches
+(a hash of the first batches' output per policy): a speed-up must not change what a run trains on.
+
+Each measurement is a fresh subprocess with ``PYTHONPATH`` set to the tree it times (the other
+revision is checked out with ``git worktree`` into a temporary folder), 2 torch threads.
+Writes ``benchmarks/results/aug-ab-<date>.{json,md}``.
+Usage: ``python benchmarks/aug_ab.py [--base REV] [--rounds 1] [--passes 3]``. Run it alone
+on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from robustmnist.artifacts import git_revision, machine_info
+from robustmnist.config import POLICIES
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+#: Runs in the timed tree (its own `robustmnist` first on the path).
+CHILD = r"""
+import hashlib, json, statistics, sys, time
+sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+import torch
+import robustmnist
+from robustmnist.augmentation import augment
+from robustmnist.checkpoint import to_unit
+from robustmnist.config import AugConfig
+from robustmnist.data import default_data_dir, load_split
+from robustmnist.pen import training_atlas
+torch.set_num_threads(2)
+policies, passes = sys.argv[1].split(","), int(sys.argv[2])
+images = load_split("train").images
+atlas = training_atlas(images, default_data_dir())
+out = {"module": robustmnist.__file__, "seconds": {}, "hash": {}}
+def one_pass(config, keep=0):
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(1))
+    digest = hashlib.sha256()
+    t0 = time.perf_counter()
+    for k, i in enumerate(range(0, len(perm), 512)):
+        idx = perm[i:i + 512]
+        x = augment(to_unit(images[idx]), config, g, atlas[idx] if config.p_pen else None)
+        if k < keep:
+            digest.update(x.numpy().tobytes())
+    return time.perf_counter() - t0, digest.hexdigest()
+for policy in policies:
+    config = AugConfig.from_policy(policy)
+    out["hash"][policy] = one_pass(config, keep=4)[1]  # and warms up
+    out["seconds"][policy] = statistics.median(one_pass(config)[0] for _ in range(passes))
+print(json.dumps(out))
+"""
+
+#: The same malloc in both trees (robustmnist.allocator's settings, which the base may lack).
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+              "ROBUSTMNIST_MALLOC": "system"}
+
+
+def timed(tree: Path, policies: list[str], passes: int) -> dict:
+    done = subprocess.run([sys.executable, "-c", CHILD, ",".join(policies), str(passes)],
+                          capture_output=True, text=True, check=True,
+                          env={**os.environ, **MALLOC_ENV, "PYTHONPATH": str(tree)}, cwd=tree)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if not result["module"].startswith(str(tree)):
+        raise SystemExit(f"timed the wrong tree: {result['module']} is not under {tree}")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--base", default="9068f3b", help="earlier revision to compare with")
+    parser.add_argument("--rounds", type=int, default=1, help="A B B A rounds")
+    parser.add_argument("--passes", type=int, default=3, help="timed passes per process")
+    parser.add_argument("--policies", default=",".join(p for p in POLICIES if p != "none"))
+    args = parser.parse_args()
+    policies = ["none", *[p for p in args.policies.split(",") if p and p != "none"]]
+    with tempfile.TemporaryDirectory() as tmp:
+        base_tree = Path(tmp) / "base"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(base_tree),
+                        args.base], check=True)
+        try:
+            runs: dict[str, list[dict]] = {"base": [], "this": []}
+            for _ in range(args.rounds):
+                for which in ("base", "this", "this", "base"):
+                    runs[which].append(timed(base_tree if which == "base" else ROOT, policies,
+                                             args.passes))
+                    print(which, {k: round(v, 3) for k, v in runs[which][-1]["seconds"].items()},
+                          flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)],
+                           check=False)
+    med = {w: {p: statistics.median(r["seconds"][p] for r in rs) for p in policies}
+           for w, rs in runs.items()}
+    alone = {w: {p: max(m[p] - m["none"], 0.0) for p in policies if p != "none"} for w, m in med.items()}
+    same = {p: len({r["hash"][p] for rs in runs.values() for r in rs}) == 1 for p in policies}
+    when = dt.datetime.now(dt.UTC)
+    record = {"date": when.isoformat(timespec="seconds"), "machine": machine_info("cpu"),
+              "base": args.base, "this": git_revision(ROOT), "runs": runs, "median": med,
+              "augmentation_alone_s": alone, "bit_identical": same}
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"aug-ab-{when.date()}"
+    stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    machine = record["machine"]
+    lines = [f"Measured {record['date']} on {machine['device_name']} (2 torch threads, torch "
+             f"{machine['torch']}), {args.rounds} A B B A round(s), {args.passes} passes per process; "
+             f"`python benchmarks/aug_ab.py --base {args.base}` (this tree: {record['this']}).", "",
+             "Augmentation alone over one epoch's 118 batches of 512 digits (the policy's pass minus "
+             "the `none` pass), medians:", "",
+             f"| policy | {args.base} | this tree | this / base | same batches |", "|---|---|---|---|---|"]
+    for p in policies[1:]:
+        a, b = alone["base"][p], alone["this"][p]
+        lines.append(f"| {p} | {a:.3f} s | {b:.3f} s | {b / a:.2f} | {'yes' if same[p] else '**no**'} |"
+                     if a else f"| {p} | {a:.3f} s | {b:.3f} s | - | {'yes' if same[p] else '**no**'} |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
