@@ -5,7 +5,7 @@ Every setting is declared once, with its default, unit, limits and help text (`s
 CLI values) with the same checks, so the CLI, the experiment files and the checkpoints all
 reject the same bad values with the same ``key: reason`` message. An experiment file's
 ``[train]`` table is exactly `TrainConfig`, each ``[[variants]]`` table is `AugConfig`
-(``augmentation.py``) plus a name.
+(``augmentation.py``) plus a name and, optionally, `TrainConfig` fields it overrides.
 
 >>> TrainConfig(epochs=3).epochs
 3
