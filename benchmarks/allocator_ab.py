@@ -39,7 +39,7 @@ def child(policies: list[str]) -> dict[str, Any]:
     device = torch.device("cpu")
     splits = (load_split("train"), load_split("test"))
     atlas = training_atlas(splits[0].images, default_data_dir())
-    out: dict[str, Any] = {"kept": kept}
+    out: dict[str, Any] = {"kept": kept, "max_rss_mb": 0.0}
     with tempfile.TemporaryDirectory() as tmp:
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         out["epoch_s"] = robustmnist_epoch("none", device, Path(tmp), splits)[0]
@@ -49,6 +49,7 @@ def child(policies: list[str]) -> dict[str, Any]:
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         out[policy] = augmentation_pass(policy, device, splits, atlas)
         out[f"{policy} faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    out["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return out
 
 
@@ -73,8 +74,12 @@ def main() -> None:
                                   env={**os.environ, **ARMS[arm]}, check=True, text=True,
                                   capture_output=True, cwd=Path(__file__).parent)
             runs[arm].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            if runs[arm][-1]["kept"] != (arm == "kept"):
+                raise SystemExit(f"the {arm} arm ran with kept={runs[arm][-1]['kept']}: malloc "
+                                 "refused the setting here, so there is nothing to compare")
             print(arm, runs[arm][-1], flush=True)
-    keys = ["epoch_s", "epoch_faults", *[k for p in policies for k in (p, f"{p} faults")]]
+    keys = ["epoch_s", "epoch_faults", *[k for p in policies for k in (p, f"{p} faults")],
+            "max_rss_mb"]
     med = {arm: {k: statistics.median(run[k] for run in rs) for k in keys} for arm, rs in runs.items()}
     date = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     machine = artifacts.provenance(torch.device("cpu"))["machine"]
@@ -85,10 +90,12 @@ def main() -> None:
     for k in keys:
         a, b = med["system"][k], med["kept"][k]
         label = ("training epoch, --aug none" if k == "epoch_s" else
+                 "peak resident memory of the process" if k == "max_rss_mb" else
                  "minor page faults in that epoch" if k == "epoch_faults" else
                  "minor page faults in those batches (after a warm pass)" if k.endswith(" faults")
                  else f"one epoch's batches through `{k}` (after the training epoch)")
-        fmt = (lambda v: f"{v:,.0f}") if "faults" in k else (lambda v: f"{v:.2f} s")
+        fmt = ((lambda v: f"{v:,.0f}") if "faults" in k else (lambda v: f"{v:,.0f} MB")
+               if k == "max_rss_mb" else (lambda v: f"{v:.2f} s"))
         lines.append(f"| {label} | {fmt(a)} | {fmt(b)} | {b / a:.2f} |" if a else
                      f"| {label} | {fmt(a)} | {fmt(b)} | - |")
     RESULTS.mkdir(exist_ok=True)

@@ -23,6 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from robustmnist import artifacts
 from robustmnist.artifacts import git_revision, machine_info
 from robustmnist.config import POLICIES
 
@@ -111,7 +112,7 @@ def main() -> None:
               "augmentation_alone_s": alone, "bit_identical": same}
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / f"aug-ab-{when.date()}"
-    stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    artifacts.write_json(stem.with_suffix(".json"), record)
     machine = record["machine"]
     lines = [f"Measured {record['date']} on {machine['device_name']} (2 torch threads, torch "
              f"{machine['torch']}), {args.rounds} A B B A round(s), {args.passes} passes per process; "
@@ -123,7 +124,7 @@ def main() -> None:
         a, b = alone["base"][p], alone["this"][p]
         lines.append(f"| {p} | {a:.3f} s | {b:.3f} s | {b / a:.2f} | {'yes' if same[p] else '**no**'} |"
                      if a else f"| {p} | {a:.3f} s | {b:.3f} s | - | {'yes' if same[p] else '**no**'} |")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    artifacts.write_text(stem.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

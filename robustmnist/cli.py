@@ -55,7 +55,11 @@ def main(version: Annotated[bool, typer.Option("--version", callback=_version,
                                                is_eager=True, help="Show the version.")] = False,
          ) -> None:
     """robustmnist: stroke-thickness robustness of MNIST classifiers."""
-    keep_freed_memory()  # every batch's tensors reused, not page-faulted in again
+    try:
+        keep_freed_memory()  # a step's freed memory reused, not page-faulted in again
+    except RobustMnistError as error:
+        fail(str(error))
+        raise typer.Exit(1) from None
 
 
 def _floats(option: str, text: str) -> list[float]:
@@ -117,12 +121,14 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Images per Adam step.")] = 512,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
     lr_schedule: Annotated[str, typer.Option(
-        help="constant (the classic recipe) | cosine (lr decayed to 0 at the last step).")] = "constant",
+        help="constant (the classic recipe) | cosine (lr decayed along a half cosine "
+             "towards 0).")] = "constant",
     seed: Annotated[int, typer.Option(help="Seed for init, batch order, augmentation.")] = 0,
     model: Annotated[str, typer.Option(help="Model name (see models.MODELS).")] = "baseline",
     device: Device = "auto",
     run_dir: Annotated[Path | None, typer.Option(
-        "--out", help="Run folder. Default: runs/<aug>-seed<seed>.", show_default=False)] = None,
+        "--out", help="Run folder. Default: runs/<aug>-seed<seed> (+<model>, +<lr-schedule> "
+        "where not baseline, constant).", show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished run.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Start over in an existing run folder.")] = False,
     threads: Annotated[int | None, typer.Option(
@@ -132,6 +138,7 @@ def train(
     """Train a model (classic recipe by default) into a run folder; resumable."""
     from robustmnist.config import TrainConfig, from_table
     from robustmnist.models import resolve_device, set_threads
+    from robustmnist.training import default_variant
     from robustmnist.training import train as train_fn
 
     config = from_table(TrainConfig, {"model": model, "epochs": epochs, "batch_size": batch_size,
@@ -139,7 +146,7 @@ def train(
                                       "device": device},
                         "--", aug=aug_from_options(aug, aug_range, aug_p))
     set_threads(threads)
-    run_dir = run_dir or Path("runs") / f"{aug}-seed{seed}"
+    run_dir = run_dir or Path("runs") / f"{default_variant(config)}-seed{seed}"
     logger(quiet)(f"training {model} with aug={aug} on {resolve_device(device)} -> {run_dir}")
     result = train_fn(config, run_dir, resume=resume, force=force, data_dir=data_dir,
                       progress=None if quiet else RichProgress(epochs), log=logger(quiet))  # type: ignore[arg-type]

@@ -4,8 +4,9 @@ Every setting is declared once, with its default, unit, limits and help text (`s
 `check` validates an instance field by field; `from_table` builds one from a TOML table (or
 CLI values) with the same checks, so the CLI, the experiment files and the checkpoints all
 reject the same bad values with the same ``key: reason`` message. An experiment file's
-``[train]`` table is exactly `TrainConfig`, each ``[[variants]]`` table is `AugConfig`
-(``augmentation.py``) plus a name and, optionally, `TrainConfig` fields it overrides.
+``[train]`` table is `TrainConfig` (but ``seed`` and ``aug``, which the seeds and the variants
+set), each ``[[variants]]`` table is `AugConfig` (``augmentation.py``) plus a name and,
+optionally, `TrainConfig` fields it overrides (all but ``seed`` and ``device``).
 
 >>> TrainConfig(epochs=3).epochs
 3
@@ -223,8 +224,8 @@ class TrainConfig:
     batch_size: int = setting(512, "images per Adam step", lo=1, hi=60_000)
     lr: float = setting(1e-3, "Adam learning rate", lo=0, lo_open=True, hi=10)
     lr_schedule: str = setting("constant", "constant: lr throughout (the classic recipe); "
-                               "cosine: lr decayed along a half cosine to 0 at the last step",
-                               choices=lambda: LR_SCHEDULES)
+                               "cosine: lr decayed along a half cosine towards 0 (reached just "
+                               "after the last step)", choices=lambda: LR_SCHEDULES)
     seed: int = setting(0, "model init, batch order and augmentation draws", lo=0, hi=MAX_SEED)
     device: str = setting("auto", "auto | cpu | cuda | cuda:N (auto = cuda if available)",
                           check=check_device)

@@ -219,10 +219,11 @@ def sweep(checkpoints: Sequence[Path], families: dict[str, list[float]], *,
 
 
 def training_record(ckpt: Checkpoint) -> dict[str, Any]:
-    """Epochs, learning-rate schedule and summed epoch seconds of a run (seconds from its
-    metrics.csv, when next to it)."""
+    """Epochs, training settings (all but the seed and the augmentation) and summed epoch
+    seconds of a run (seconds from its metrics.csv, when next to it)."""
     metrics = RunDir(ckpt.path.parent).read_metrics() if ckpt.path.name == "checkpoint.pt" else []
-    return {"epochs": len(metrics) or ckpt.epoch, "lr_schedule": ckpt.config.lr_schedule,
+    settings = {k: v for k, v in ckpt.config.result_fields().items() if k not in ("seed", "aug")}
+    return {"epochs": len(metrics) or ckpt.epoch, "settings": settings,
             "train_seconds": sum(m["epoch_seconds"] for m in metrics) if metrics else None}
 
 

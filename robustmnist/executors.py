@@ -47,7 +47,6 @@ def train_one(run: Run, data_dir: Path | None, threads: int = 0) -> float:
     """Train one run quietly (resuming it); its wall seconds. Used by every executor."""
     from robustmnist.training import train
 
-    keep_freed_memory()  # a spawned worker starts with malloc's defaults
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -108,6 +107,13 @@ def exit_with_parent(parent: int, every_s: float = 1.0) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def pool_worker_init(parent: int) -> None:
+    """A spawned training worker's initializer: stop with the driver; malloc as the CLI sets it
+    (a spawned process starts with glibc's defaults)."""
+    exit_with_parent(parent)
+    keep_freed_memory()
+
+
 class LocalExecutor:
     """This machine: one training at a time in-process, or `jobs` spawned processes."""
 
@@ -128,7 +134,7 @@ class LocalExecutor:
         threads = max(1, available_cores() // self.jobs)
         ctx = multiprocessing.get_context("spawn")  # fork + OpenMP threads can deadlock
         pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=ctx,
-                                   initializer=exit_with_parent, initargs=(os.getpid(),))
+                                   initializer=pool_worker_init, initargs=(os.getpid(),))
         try:
             futures = {pool.submit(train_one, run, data_dir, threads): run for run in runs}
             pending = set(futures)

@@ -42,8 +42,8 @@ _TOP_KEYS = {"name": str, "description": str, "output": str, "report": str, "see
              "train": dict, "sweep": dict, "variants": list, "compare": list}
 
 
-#: TrainConfig fields a variant may override (the seed comes from `seeds`; the device, the
-#: augmentation and the model's other settings are [train]'s or the variant's aug fields).
+#: TrainConfig fields a variant may override: all but the seed (from `seeds`), the device (it
+#: picks hardware for every run and the sweep, not a result) and aug (the variant's own fields).
 VARIANT_TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("aug", "seed", "device"))
 
 
@@ -219,12 +219,17 @@ def _parse_variants(path: Path, raw: Any) -> tuple[Variant, ...]:
                 or not all(c.isalnum() or c in "-_+." for c in vname)):
             raise _fail(path, f"{where}.name", "expected up to 100 letters, digits, '-', '_', '+' "
                         f"or '.', got {vname!r}")
+        for key, reason in (("seed", "seeds are set at the top level (seeds = [...])"),
+                            ("device", "the device is set once, in [train]")):
+            if key in table:
+                raise _fail(path, f"{where}.{key}", reason)
         train = {k: table.pop(k) for k in VARIANT_TRAIN_KEYS if k in table}
         try:
-            from_table(TrainConfig, train)  # each value checked like [train]'s
+            checked = from_table(TrainConfig, train)  # each value checked like [train]'s
         except RobustMnistError as err:
             key, _, reason = str(err).partition(": ")
             raise _fail(path, f"{where}.{key}", reason) from None
+        train = {k: getattr(checked, k) for k in train}  # converted as [train]'s (1 -> 1.0)
         try:
             aug = AugConfig.from_policy(check_value("policy", str, policy, {}), **table)
         except RobustMnistError as err:

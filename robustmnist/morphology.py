@@ -164,7 +164,8 @@ def apply_stroke_delta(x: torch.Tensor, stroke_delta_px: torch.Tensor) -> torch.
         raise ValueError(f"need one level per sample: {x.shape[0]} samples, "
                          f"levels of shape {tuple(stroke_delta_px.shape)}")
     fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else None
-    # index_add_ on a channels_last batch takes a scatter path ~20x slower: work contiguous.
+    # Row gathers and puts (index_select, index_copy_) of a channels_last batch take slow
+    # strided paths: work contiguous.
     x = x.contiguous()
     lo, hi = LADDER_RANGE
     delta = stroke_delta_px.to(device=x.device, dtype=x.dtype).clamp(lo, hi)

@@ -96,20 +96,32 @@ def _training_time(results: Results) -> tuple[float | None, list[int]]:
     return (None if missing else seconds), sorted(epochs)
 
 
-def _schedules(results: Results) -> str:
-    """The learning-rate schedule(s) of the runs, per variant where they differ ("" for
-    sweeps recorded before schedules were: every run then had the constant one)."""
-    by_variant: dict[str, set[str]] = {}
+def _differing_settings(results: Results) -> list[str]:
+    """A Setup line naming the training settings (model, schedule, lr, ...) where variants
+    differ, per variant, or none when every run has the same (sweeps recorded before runs
+    kept their settings name none)."""
+    seen: dict[str, dict[str, set[str]]] = {}  # variant -> setting -> values
     for sweep in results.sweeps:
         training = sweep.meta.get("training")
         for run, variant in sweep.rows.drop_duplicates("run")[["run", "variant"]].itertuples(index=False):
             record = training.get(str(run)) if isinstance(training, dict) else None
-            schedule = record.get("lr_schedule", "constant") if isinstance(record, dict) else "constant"
-            by_variant.setdefault(str(variant), set()).add(str(schedule))
-    if all(s == {"constant"} for s in by_variant.values()):
-        return ""
-    return "; learning-rate schedule: " + ", ".join(
-        f"{v} {'/'.join(sorted(s))}" for v, s in by_variant.items())
+            settings = record.get("settings") if isinstance(record, dict) else None
+            for key, value in (settings.items() if isinstance(settings, dict) else ()):
+                seen.setdefault(str(variant), {}).setdefault(str(key), set()).add(str(value))
+    keys = sorted({k for by_key in seen.values() for k in by_key})
+    shown = {k: ["/".join(sorted(by_key.get(k, {"?"}))) for by_key in seen.values()] for k in keys}
+    differing = [k for k in keys if len(set(shown[k])) > 1 or any("/" in v for v in shown[k])]
+    if not differing:
+        return []
+    # The most frequent single value (a tie: the first variant's); a mixed one is never common.
+    common = {k: max(dict.fromkeys(shown[k]), key=lambda v, k=k: (shown[k].count(v), "/" not in v))
+              for k in differing}
+    own = [f"`{v}` " + ", ".join(f"{k} {value}" for k in differing
+                                 if (value := "/".join(sorted(by_key.get(k, {"?"})))) != common[k])
+           for v, by_key in seen.items()
+           if any("/".join(sorted(by_key.get(k, {"?"}))) != common[k] for k in differing)]
+    return [f"- Training settings where variants differ: {'; '.join(own)}; every other variant: "
+            + ", ".join(f"{k} {common[k]}" for k in differing) + "."]
 
 
 def _wall_seconds(results: Results) -> float | None:
@@ -135,7 +147,8 @@ def _setup_section(results: Results) -> list[str]:
         "",
         f"- Model: {', '.join(sorted(set(rows['model'])))}; epochs per run: "
         f"{', '.join(str(e) for e in epochs) or 'n/a'}; seeds per variant: "
-        + ", ".join(f"{v} {n}" for v, n in seeds.items()) + _schedules(results) + ".",
+        + ", ".join(f"{v} {n}" for v, n in seeds.items()) + ".",
+        *_differing_settings(results),
         "- Test data MD5 (uncompressed IDX): "
         + ", ".join(f"`{k}` {v}" for k, v in meta.get("data_md5", {}).items()) + ".",
         f"- robustmnist {meta.get('version', '?')} (git {meta.get('git_revision') or 'n/a'}), "

@@ -48,6 +48,19 @@ def epoch_generator(seed: int, epoch: int, stream: int, device: torch.device) ->
     return g
 
 
+def default_variant(config: TrainConfig) -> str:
+    """A run's name in reports when none is given: its policy, plus its model and schedule
+    where they are not the classic recipe's, so runs of one policy on two recipes are not
+    averaged as seeds of one variant.
+
+    >>> default_variant(TrainConfig(model="wide", lr_schedule="cosine"))
+    'none+wide+cosine'
+    """
+    extra = [config.model] * (config.model != "baseline") + [config.lr_schedule] * (
+        config.lr_schedule != "constant")
+    return "+".join([config.aug.policy, *extra])
+
+
 def lr_at(config: TrainConfig, step: int, steps: int) -> float:
     """The learning rate of optimizer step `step` of `steps` in the whole run (0-based): a
     function of the step alone, so a resumed run sets what the uninterrupted one set.
@@ -98,8 +111,15 @@ def run_state(run_dir: Path, config: TrainConfig) -> str:
     saved, wanted = ckpt.config.result_fields(), config.result_fields()
     if saved != wanted:
         diff = sorted(k for k, v in wanted.items() if saved.get(k) != v)
-        raise RobustMnistError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); "
-                               "choose another --out or pass --force to start over")
+        what = ", ".join(f"{k}: saved {saved.get(k)!r}, asked {wanted[k]!r}" for k in diff
+                         if k != "aug")
+        if "aug" in diff:
+            what = ", ".join([*(f"aug.{k}: saved {v!r}, asked {wanted['aug'][k]!r}"
+                                for k, v in saved.get("aug", {}).items()
+                                if wanted["aug"].get(k) != v), *([what] if what else [])])
+        raise RobustMnistError(f"{run_dir} holds a run with other settings ({what}); to resume "
+                               "it, pass its settings; else choose another --out or pass --force "
+                               "to start over (that discards it)")
     return "complete" if ckpt.complete else "partial"
 
 
@@ -112,7 +132,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, force: bo
     A finished run is returned as is (never retrained by accident); an unfinished one needs
     ``resume=True``; ``force=True`` starts over (only in a folder robustmnist made). Splits may
     be passed in (tests use tiny ones). `variant` names the configuration in reports (default:
-    the augmentation policy). One process at a time per run folder (a lock file).
+    `default_variant`). One process at a time per run folder (a lock file).
     """
     config = config.validate()
     run = RunDir(Path(run_dir))
@@ -161,7 +181,7 @@ def _train_locked(config: TrainConfig, run: RunDir, device: torch.device, *, res
                  if atlas is not None else None)  # pen policies: skeletons, built once
 
     meta = {**artifacts.provenance(device), "data_md5": {**train_split.md5, **test_split.md5},
-            "variant": variant or config.aug.policy, "run_name": run.root.name}
+            "variant": variant or default_variant(config), "run_name": run.root.name}
     if recorded is not None:  # the pen redraws depend on the atlas
         meta["pen_atlas"] = recorded
     artifacts.write_json(run.config, {"config": config.to_dict(), **meta})

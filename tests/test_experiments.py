@@ -74,14 +74,15 @@ def test_runs_are_seed_major_with_full_configs(tmp_path):
 
 def test_a_variant_overrides_train_settings_for_its_runs_only(tmp_path):
     exp = load_experiment(_write(tmp_path, GOOD.replace(
-        'p_untouched = 0.5', 'p_untouched = 0.5\nlr_schedule = "cosine"\nepochs = 3', 1)))
+        'p_untouched = 0.5', 'p_untouched = 0.5\nlr_schedule = "cosine"\nepochs = 3\nlr = 1', 1)))
     assert exp.variants[1].aug == AugConfig.from_policy("thick", p_untouched=0.5)
     configs = {(r.variant.name, r.seed): r.config for r in exp.runs()}
     assert configs["thick", 1] == TrainConfig(epochs=3, batch_size=128, device="cpu", seed=1,
-                                              lr_schedule="cosine", aug=exp.variants[1].aug)
+                                              lr=1.0, lr_schedule="cosine", aug=exp.variants[1].aug)
+    assert isinstance(configs["thick", 1].lr, float)  # converted as [train]'s values are
     assert (configs["none", 1].lr_schedule, configs["none", 1].epochs) == ("constant", 1)
     recorded = exp.to_dict()["variants"]
-    assert [v["train"] for v in recorded] == [{}, {"epochs": 3, "lr_schedule": "cosine"}]
+    assert [v["train"] for v in recorded] == [{}, {"epochs": 3, "lr": 1.0, "lr_schedule": "cosine"}]
 
 
 def test_out_override_keeps_the_report_with_the_results(tmp_path):
@@ -116,8 +117,8 @@ def test_defaults_name_and_paths_from_the_file(tmp_path):
     ('p_untouched = 0.5', 'colour = 1', r"unknown key.*or a \[train\] field: model, epochs"),
     ('p_untouched = 0.5', 'lr_schedule = "step"', r"key 'variants\[1\].lr_schedule': .*cosine"),
     ('p_untouched = 0.5', 'epochs = 0', r"key 'variants\[1\].epochs': must be >= 1"),
-    ('p_untouched = 0.5', 'seed = 4', r"key 'variants\[1\].seed': unknown key"),
-    ('p_untouched = 0.5', 'device = "cuda"', r"key 'variants\[1\].device': unknown key"),
+    ('p_untouched = 0.5', 'seed = 4', r"key 'variants\[1\].seed': seeds are set at the top"),
+    ('p_untouched = 0.5', 'device = "cuda"', r"key 'variants\[1\].device': the device is set once"),
     ('name = "thick"', 'name = "a|b"', r"key 'variants\[1\].name'"),
     ('name = "thick"', 'name = "none"', "duplicate variant names"),
     ('delta = [-1.0, 1.0]', 'delta = [-9.0]', "key 'sweep.delta'"),

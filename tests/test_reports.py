@@ -47,18 +47,26 @@ def test_training_time_comes_from_the_sweep_record(tmp_path, synthetic_sweep):
     assert "Training time (sum of epoch times over all runs): not recorded in these sweeps;" in readme
 
 
-def test_setup_names_the_lr_schedules_only_where_a_run_departs_from_constant(tmp_path, synthetic_sweep):
+def test_setup_names_the_training_settings_only_where_variants_differ(tmp_path, synthetic_sweep):
     runs = [f"{v}-seed{s}" for v in ("none", "thickness") for s in range(3)]
-    mixed = synthetic_sweep(tmp_path / "a", meta={"training": {r: {
-        "epochs": 4, "train_seconds": 60.0,
-        "lr_schedule": "cosine" if r.startswith("thickness") else "constant"} for r in runs}})
+
+    def record(run, **settings):
+        return {"epochs": 4, "train_seconds": 60.0,
+                "settings": {"model": "baseline", "lr": 0.001, "lr_schedule": "constant", **settings}}
+
+    mixed = synthetic_sweep(tmp_path / "a", meta={"training": {r: record(
+        r, **({"lr_schedule": "cosine"} if r.startswith("thickness") else {})) for r in runs}})
     readme = (write_report([mixed], tmp_path / "ra") / "README.md").read_text()
-    assert ("seeds per variant: none 3, thickness 3; learning-rate schedule: none constant, "
-            "thickness cosine.") in readme
-    constant = synthetic_sweep(tmp_path / "b", meta={"training": {r: {
-        "epochs": 4, "train_seconds": 60.0, "lr_schedule": "constant"} for r in runs}})
-    readme = (write_report([constant], tmp_path / "rb") / "README.md").read_text()
-    assert "seeds per variant: none 3, thickness 3." in readme  # as before schedules were recorded
+    assert ("- Training settings where variants differ: `thickness` lr_schedule cosine; every "
+            "other variant: lr_schedule constant.") in readme
+    # a variant whose seeds were trained differently says so
+    uneven = synthetic_sweep(tmp_path / "b", meta={"training": {r: record(
+        r, **({"model": "wide"} if r == "thickness-seed2" else {})) for r in runs}})
+    readme = (write_report([uneven], tmp_path / "rb") / "README.md").read_text()
+    assert "differ: `thickness` model baseline/wide; every other variant: model baseline." in readme
+    same = synthetic_sweep(tmp_path / "c", meta={"training": {r: record(r) for r in runs}})
+    readme = (write_report([same], tmp_path / "rc") / "README.md").read_text()
+    assert "Training settings where" not in readme and "seeds per variant: none 3, thickness 3." in readme
 
 
 def test_report_is_the_same_from_any_working_directory(tmp_path, synthetic_sweep, monkeypatch):

@@ -129,7 +129,8 @@ def test_a_run_saved_before_schedules_existed_is_the_constant_recipe(tmp_path, t
     del payload["config"]["lr_schedule"]
     torch.save(payload, path)
     assert run_state(tmp_path / "run", _config(epochs=1)) == "complete"
-    with pytest.raises(RobustMnistError, match=r"other settings \(lr_schedule\)"):
+    with pytest.raises(RobustMnistError, match=r"other settings \(lr_schedule: saved 'constant', "
+                                               r"asked 'cosine'\); to resume it, pass its settings"):
         run_state(tmp_path / "run", _config(epochs=1, lr_schedule="cosine"))
 
 
@@ -156,8 +157,11 @@ def test_unfinished_run_needs_resume_and_other_settings_refused(tmp_path, tiny_s
     assert run_state(tmp_path / "run", _config(epochs=2, device="auto")) == "partial"  # hardware only
     with pytest.raises(RobustMnistError, match="--resume"):
         _train(tmp_path, tiny_splits, config=_config(epochs=2))
-    with pytest.raises(RobustMnistError, match=r"other settings \(lr\)"):
+    with pytest.raises(RobustMnistError, match=r"other settings \(lr: saved 0.001, asked 0.5\)"):
         _train(tmp_path, tiny_splits, config=_config(epochs=2, lr=0.5))
+    with pytest.raises(RobustMnistError, match=r"other settings \(aug.policy: saved 'none', asked "
+                                               r"'thick', aug.delta_max_px: saved 0.0, asked 2.0\)"):
+        _train(tmp_path, tiny_splits, config=_config(epochs=2, aug=AugConfig.from_policy("thick")))
 
 
 def test_force_starts_over_only_in_a_folder_robustmnist_made(tmp_path, tiny_splits):
