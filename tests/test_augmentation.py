@@ -13,7 +13,8 @@ from robustmnist.augmentation import (
     sample,
     warp,
 )
-from robustmnist.pen import build_atlas
+from robustmnist.morphology import apply_stroke_delta
+from robustmnist.pen import PEN_RANGE, build_atlas, draw
 
 
 def _batch(device, n=32):
@@ -86,6 +87,32 @@ def test_zero_draw_is_the_identity(device):
     x = _batch(device)
     still = AugParams(torch.zeros(len(x), device=device), torch.eye(3, device=device).repeat(len(x), 1, 1))
     torch.testing.assert_close(apply(x, still), x)
+
+
+def test_stroke_changes_of_some_rows_equal_the_whole_batch_changed(device):
+    # apply() changes only the rows with a level; a level of 0 must be the identity to the
+    # bit, or a run trained before that shortcut would not replay.
+    x = _batch(device)
+    levels = torch.linspace(-2, 2, len(x), device=device)
+    levels[::3] = 0.0
+    params = AugParams(levels, None)
+    assert torch.equal(apply(x, params), apply_stroke_delta(x, levels))
+
+
+def test_fine_pens_at_full_ink_on_their_rows_only_to_the_bit(device):
+    x = _batch(device, 12)
+    atlas = _atlas(x)
+    widths = torch.tensor([0.5, 3.0, 0.0, 0.3, 6.0, 0.9] * 2, device=device)
+    got = apply(x, AugParams(torch.zeros(len(x), device=device), None, widths), atlas)
+    redrawn = draw(atlas, widths.clamp(min=PEN_RANGE[0]))  # the non-fine rows' own render
+    for i, w in enumerate(widths.tolist()):
+        if w >= PEN_RANGE[0]:
+            assert torch.equal(got[i], redrawn[i])
+        elif w > 0:
+            alone = draw(atlas[i:i + 1], widths[i:i + 1])
+            assert torch.equal(got[i], (alone / alone.amax().clamp(min=1e-6)).clamp(0, 1)[0])
+        else:
+            assert torch.equal(got[i], x[i])
 
 
 def test_policies_without_pen_draw_what_they_drew_before():

@@ -75,6 +75,18 @@ def test_train_twice_does_not_retrain(trained):
     assert (trained / "checkpoint.pt").stat().st_mtime_ns == before
 
 
+def test_train_lr_schedule_reaches_the_run_and_names_its_folder(tmp_path, tiny_data_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("train", "--epochs", "1", "--batch-size", "64", "--device", "cpu",
+                    "--lr-schedule", "cosine", "--quiet")
+    assert result.exit_code == 0, result.output
+    ckpt = load_checkpoint(tmp_path / "runs" / "none+cosine-seed0")  # not none-seed0's recipe
+    assert ckpt.config.lr_schedule == "cosine" and ckpt.meta["variant"] == "none+cosine"
+    bad = invoke("train", "--lr-schedule", "step", "--out", tmp_path / "x")
+    assert bad.exit_code == 1 and "--lr-schedule" in bad.output and "cosine" in bad.output
+    assert "Traceback" not in bad.output and not (tmp_path / "x").exists()
+
+
 def test_train_bad_input_is_one_clear_line(tmp_path, tiny_data_dir):
     result = invoke("train", "--aug", "blur", "--out", tmp_path / "x")
     assert result.exit_code == 1

@@ -78,6 +78,10 @@ def test_sweep_rows_match_each_checkpoint_on_each_set(tmp_path, two_runs, device
     assert len(result.clean_thickness) == 200
     assert set(result.meta["training"]) == {"none-seed0", "thickness-seed0"}
     assert result.meta["training"]["none-seed0"]["epochs"] == 1
+    settings = result.meta["training"]["none-seed0"]["settings"]  # what the report compares
+    config = load_checkpoint(row["checkpoint"]).config  # row: none-seed0's first set
+    assert settings == {k: v for k, v in config.result_fields().items() if k not in ("seed", "aug")}
+    assert (settings["model"], settings["lr_schedule"]) == ("baseline", "constant")
 
 
 def test_clean_set_is_the_test_split(tmp_path, tiny_data_dir, tiny_arrays):

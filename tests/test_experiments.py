@@ -198,6 +198,10 @@ def test_executor_trains_only_missing_runs_and_changes_are_detected(tmp_path, ti
     changed = load_experiment(_write(tmp_path, GOOD.replace("p_untouched = 0.5", "p_untouched = 0.1")))
     with pytest.raises(RobustMnistError, match="changed since"):
         pending_runs(changed)
+    overridden = load_experiment(_write(tmp_path, GOOD.replace(
+        "p_untouched = 0.5", 'p_untouched = 0.5\nlr_schedule = "cosine"')))  # a variant's [train] too
+    with pytest.raises(RobustMnistError, match="changed since"):
+        pending_runs(overridden)
 
 
 def test_run_experiment_then_rerun_does_nothing(tmp_path, tiny_data_dir):

@@ -73,7 +73,31 @@ def test_mixed_batch_equals_each_sample_alone():
     batch = apply_stroke_delta(x, levels)
     for i in range(len(x)):
         alone = apply_stroke_delta(x[i:i + 1], levels[i:i + 1])
-        torch.testing.assert_close(batch[i:i + 1], alone)
+        assert torch.equal(batch[i:i + 1], alone)  # to the bit: a resumed run replays its draws
+
+
+def test_levels_are_the_hat_weighted_sum_of_the_rungs_to_the_bit():
+    """The batched rows (gathered, summed, put back) give the textbook blend's floats: the
+    identity weight first, then the 1-px rung, then the 2-px rung, each added in that order."""
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(rng.random((64, 1, 14, 14), dtype=np.float32))
+    levels = torch.from_numpy(rng.uniform(-2, 2, 64).astype(np.float32))
+    levels[::5] = 0.0
+    levels[1::7] = torch.tensor([-2.0, -1.0, 1.0, 2.0, -1.5, 0.5, 1.5, -0.5, 2.0, -2.0])[:len(levels[1::7])]
+    def weight(d, rung):  # float32, as the levels are
+        return (1 - (d - rung).abs()).clamp(min=0)
+
+    got_all = apply_stroke_delta(x, levels)
+    for i in range(len(x)):
+        d, xi = levels[i], x[i:i + 1]
+        sign = 1 if d > 0 else -1
+        expected = xi * weight(d, 0)
+        if d != 0:
+            expected = expected + LADDER[sign](xi) * weight(d, sign)
+            if abs(d) > 1:
+                expected = expected + LADDER[2 * sign](xi) * weight(d, 2 * sign)
+        got = got_all[i:i + 1]
+        assert torch.equal(got, expected.clamp(0, 1)), (i, d)
 
 
 @pytest.mark.parametrize("level", sorted(LADDER))
