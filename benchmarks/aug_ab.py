@@ -15,25 +15,20 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
+
+from ab import ROOT, alternate, in_tree
 
 from robustmnist import artifacts
 from robustmnist.artifacts import git_revision, machine_info
 from robustmnist.config import POLICIES
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 #: Runs in the timed tree (its own `robustmnist` first on the path).
 CHILD = r"""
 import hashlib, json, statistics, sys, time
-sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
 import torch
 import robustmnist
 from robustmnist.augmentation import augment
@@ -70,13 +65,7 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_"
 
 
 def timed(tree: Path, policies: list[str], passes: int) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, ",".join(policies), str(passes)],
-                          capture_output=True, text=True, check=True,
-                          env={**os.environ, **MALLOC_ENV, "PYTHONPATH": str(tree)}, cwd=tree)
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    if not result["module"].startswith(str(tree)):
-        raise SystemExit(f"timed the wrong tree: {result['module']} is not under {tree}")
-    return result
+    return in_tree(tree, CHILD, [",".join(policies), str(passes)], MALLOC_ENV)
 
 
 def main() -> None:
@@ -87,21 +76,8 @@ def main() -> None:
     parser.add_argument("--policies", default=",".join(p for p in POLICIES if p != "none"))
     args = parser.parse_args()
     policies = ["none", *[p for p in args.policies.split(",") if p and p != "none"]]
-    with tempfile.TemporaryDirectory() as tmp:
-        base_tree = Path(tmp) / "base"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(base_tree),
-                        args.base], check=True)
-        try:
-            runs: dict[str, list[dict]] = {"base": [], "this": []}
-            for _ in range(args.rounds):
-                for which in ("base", "this", "this", "base"):
-                    runs[which].append(timed(base_tree if which == "base" else ROOT, policies,
-                                             args.passes))
-                    print(which, {k: round(v, 3) for k, v in runs[which][-1]["seconds"].items()},
-                          flush=True)
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)],
-                           check=False)
+    runs = alternate(args.base, args.rounds, lambda tree: timed(tree, policies, args.passes),
+                     lambda r: {k: round(v, 3) for k, v in r["seconds"].items()})
     med = {w: {p: statistics.median(r["seconds"][p] for r in rs) for p in policies}
            for w, rs in runs.items()}
     alone = {w: {p: max(m[p] - m["none"], 0.0) for p in policies if p != "none"} for w, m in med.items()}

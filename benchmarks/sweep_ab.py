@@ -18,23 +18,18 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
+
+from ab import ROOT, alternate, in_tree
 
 from robustmnist.artifacts import git_revision, machine_info
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 #: Runs in the timed tree (its own `robustmnist` first on the path).
 CHILD = r"""
 import json, sys, tempfile, time
-# An editable install's finder would win over PYTHONPATH: drop it, so the timed tree is imported.
-sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
 from pathlib import Path
 import torch
 import robustmnist
@@ -58,13 +53,7 @@ print(json.dumps(out))
 
 
 def timed(tree: Path, checkpoint: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(checkpoint)], capture_output=True,
-                          text=True, check=True, env={**os.environ, "PYTHONPATH": str(tree)},
-                          cwd=tree)  # `-c` puts the working folder first on the path
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    if not result["module"].startswith(str(tree)):
-        raise SystemExit(f"timed the wrong tree: {result['module']} is not under {tree}")
-    return result
+    return in_tree(tree, CHILD, [str(checkpoint)])
 
 
 def main() -> None:
@@ -73,21 +62,8 @@ def main() -> None:
     parser.add_argument("--base", default="6545ad7", help="earlier revision to compare with")
     parser.add_argument("--rounds", type=int, default=1, help="A B B A rounds")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        base_tree = Path(tmp) / "base"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(base_tree),
-                        args.base], check=True)
-        try:
-            runs: dict[str, list[dict]] = {"base": [], "this": []}
-            for _ in range(args.rounds):
-                for which in ("base", "this", "this", "base"):
-                    runs[which].append(timed(base_tree if which == "base" else ROOT,
-                                             args.checkpoint.resolve()))
-                    print(which, {k: round(v, 1) for k, v in runs[which][-1].items()
-                                  if k.endswith("_s")}, flush=True)
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)],
-                           check=False)
+    runs = alternate(args.base, args.rounds, lambda tree: timed(tree, args.checkpoint.resolve()),
+                     lambda r: {k: round(v, 1) for k, v in r.items() if k.endswith("_s")})
     med = {w: {k: statistics.median(r[k] for r in rs) for k in ("measure_10k_s", "sweep_cold_s",
                                                                  "sweep_warm_s")}
            for w, rs in runs.items()}
