@@ -22,6 +22,7 @@ from robustmnist.console import (
     prediction_table,
     sweep_table,
 )
+from robustmnist.models import MODELS
 
 #: What a file that robustmnist may replace begins with: a PNG it drew, a CSV `measure` wrote.
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -124,7 +125,8 @@ def train(
         help="constant (the classic recipe) | cosine (lr decayed along a half cosine "
              "towards 0).")] = "constant",
     seed: Annotated[int, typer.Option(help="Seed for init, batch order, augmentation.")] = 0,
-    model: Annotated[str, typer.Option(help="Model name (see models.MODELS).")] = "baseline",
+    model: Annotated[str, typer.Option(help=f"Model: {' | '.join(MODELS)} (wide: the baseline "
+                                            "ConvNet with twice the channels).")] = "baseline",
     device: Device = "auto",
     run_dir: Annotated[Path | None, typer.Option(
         "--out", help="Run folder. Default: runs/<aug>-seed<seed> (+<model>, +<lr-schedule> "
