@@ -15,7 +15,7 @@
    only the MNIST files (the one-time fetch is timed separately), in a subprocess.
 4. Measuring the thickness of the 10,000 test digits.
 
-Writes ``benchmarks/results/<device>-<date>.json`` and ``.md``; with ``--readme`` (what
+Writes ``benchmarks/results/<device>-<date>-<HHMM>.json`` and ``.md``; with ``--readme`` (what
 ``nox -s bench`` passes) the table also replaces the one between the ``bench:begin``/``bench:end``
 markers of the README's "Speed" section.
 Usage: ``python benchmarks/bench.py [--device cpu|cuda] [--quick] [--skip main,sweep,...]
@@ -309,7 +309,9 @@ def main() -> None:
             main_job(results, data_dir, tmp)
     RESULTS.mkdir(exist_ok=True)
     tag = ("-quick" if args.quick else "") + (f"-{args.tag}" if args.tag else "")
-    path = RESULTS / f"{device.type}-{results['date'][:10]}{tag}.json"
+    # date and time: a second run on the same day does not replace the first one's record
+    stamp = f"{results['date'][:10]}-{results['date'][11:13]}{results['date'][14:16]}"
+    path = RESULTS / f"{device.type}-{stamp}{tag}.json"
     artifacts.write_json(path, results)
     text = render(results)
     artifacts.write_text(path.with_suffix(".md"), text)
