@@ -41,7 +41,7 @@ def keep_freed_memory() -> bool:
     """
     global _applied
     if _applied is None:
-        setting = os.environ.get(ENV, "keep")
+        setting = os.environ.get(ENV) or "keep"  # empty = unset
         if setting not in ("keep", "system"):
             raise RobustMnistError(f"{ENV}={setting!r}: use keep (the default) or system "
                                    "(glibc's own malloc settings)")

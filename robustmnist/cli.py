@@ -129,8 +129,8 @@ def train(
                                             "ConvNet with twice the channels).")] = "baseline",
     device: Device = "auto",
     run_dir: Annotated[Path | None, typer.Option(
-        "--out", help="Run folder. Default: runs/<aug>-seed<seed> (+<model>, +<lr-schedule> "
-        "where not baseline, constant).", show_default=False)] = None,
+        "--out", help="Run folder. Default: runs/<aug>[+<model>][+<lr-schedule>]-seed<seed> "
+        "(model and schedule where not baseline, constant).", show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished run.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Start over in an existing run folder.")] = False,
     threads: Annotated[int | None, typer.Option(
@@ -154,7 +154,7 @@ def train(
                       progress=None if quiet else RichProgress(epochs), log=logger(quiet))  # type: ignore[arg-type]
     final = result.metrics[-1] if result.metrics else {}
     out.print(f"{run_dir}: test accuracy {100 * final.get('test_accuracy', float('nan')):.2f}% "
-              f"after {len(result.metrics)} epochs"
+              f"after {len(result.metrics)} epoch{'s' * (len(result.metrics) != 1)}"
               + (f" ({result.seconds:.0f}s)" if result.seconds else " (already complete)"))
 
 

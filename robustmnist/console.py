@@ -46,8 +46,9 @@ def handles_errors(fn: F) -> F:
         except RobustMnistError as e:
             fail(str(e))
         except KeyboardInterrupt:
-            err.print("interrupted: finished epochs are saved; `robustmnist train --resume` or "
-                      "running the same `robustmnist run` again continues from them")
+            err.print("interrupted: what was finished is saved (a training run's finished "
+                      "epochs: the same `robustmnist train` command with --resume, or the same "
+                      "`robustmnist run`, continues from them)", soft_wrap=True)
             raise typer.Exit(130) from None
         except OSError as e:
             where = f"{e.filename}: " if e.filename else ""

@@ -109,19 +109,23 @@ def _differing_settings(results: Results) -> list[str]:
             for key, value in (settings.items() if isinstance(settings, dict) else ()):
                 seen.setdefault(str(variant), {}).setdefault(str(key), set()).add(str(value))
     keys = sorted({k for by_key in seen.values() for k in by_key})
-    shown = {k: ["/".join(sorted(by_key.get(k, {"?"}))) for by_key in seen.values()] for k in keys}
-    differing = [k for k in keys if len(set(shown[k])) > 1 or any("/" in v for v in shown[k])]
+    shown = {v: {k: "/".join(sorted(by_key.get(k, {"?"}))) for k in keys} for v, by_key in seen.items()}
+    differing = [k for k in keys if len({values[k] for values in shown.values()}) > 1
+                 or any("/" in values[k] for values in shown.values())]
     if not differing:
         return []
     # The most frequent single value (a tie: the first variant's); a mixed one is never common.
-    common = {k: max(dict.fromkeys(shown[k]), key=lambda v, k=k: (shown[k].count(v), "/" not in v))
-              for k in differing}
-    own = [f"`{v}` " + ", ".join(f"{k} {value}" for k in differing
-                                 if (value := "/".join(sorted(by_key.get(k, {"?"})))) != common[k])
-           for v, by_key in seen.items()
-           if any("/".join(sorted(by_key.get(k, {"?"}))) != common[k] for k in differing)]
-    return [f"- Training settings where variants differ: {'; '.join(own)}; every other variant: "
-            + ", ".join(f"{k} {common[k]}" for k in differing) + "."]
+    common: dict[str, str] = {}
+    for k in differing:
+        single = [values[k] for values in shown.values() if "/" not in values[k]]
+        if single:
+            common[k] = max(dict.fromkeys(single), key=single.count)
+    own = [f"`{v}` " + ", ".join(f"{k} {values[k]}" + (" (its runs differ)" if "/" in values[k] else "")
+                                 for k in differing if values[k] != common.get(k))
+           for v, values in shown.items() if any(values[k] != common.get(k) for k in differing)]
+    rest = ", ".join(f"{k} {common[k]}" for k in differing if k in common)
+    return [f"- Training settings where runs differ: {'; '.join(own)}"
+            + (f"; every other variant: {rest}." if rest and len(own) < len(shown) else ".")]
 
 
 def _wall_seconds(results: Results) -> float | None:

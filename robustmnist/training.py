@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import time
 from collections.abc import Callable
@@ -103,12 +104,19 @@ def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
 
 
 def run_state(run_dir: Path, config: TrainConfig) -> str:
-    """'new', 'partial' or 'complete' for `config` in `run_dir`; error if it holds another run."""
-    path = RunDir(Path(run_dir)).checkpoint
-    if not path.exists():
-        return "new"
-    ckpt = load_checkpoint(path)
-    saved, wanted = ckpt.config.result_fields(), config.result_fields()
+    """'new', 'partial' or 'complete' for `config` in `run_dir`; error if it holds another run
+    (by its checkpoint, or by the config.json of a run stopped before its first epoch ended:
+    its folder's name may say what it was asked to train)."""
+    run = RunDir(Path(run_dir))
+    ckpt = load_checkpoint(run.checkpoint) if run.checkpoint.exists() else None
+    if ckpt is not None:
+        saved = ckpt.config.result_fields()
+    else:
+        try:
+            saved = TrainConfig.from_dict(json.loads(run.config.read_text())["config"]).result_fields()
+        except (OSError, ValueError, KeyError, TypeError, RobustMnistError):
+            return "new"  # nothing readable was started here
+    wanted = config.result_fields()
     if saved != wanted:
         diff = sorted(k for k, v in wanted.items() if saved.get(k) != v)
         what = ", ".join(f"{k}: saved {saved.get(k)!r}, asked {wanted[k]!r}" for k in diff
@@ -120,6 +128,8 @@ def run_state(run_dir: Path, config: TrainConfig) -> str:
         raise RobustMnistError(f"{run_dir} holds a run with other settings ({what}); to resume "
                                "it, pass its settings; else choose another --out or pass --force "
                                "to start over (that discards it)")
+    if ckpt is None:
+        return "new"
     return "complete" if ckpt.complete else "partial"
 
 

@@ -63,6 +63,9 @@ def test_a_misspelt_setting_is_one_clear_error(monkeypatch):
     assert result.exit_code == 1
     assert "ROBUSTMNIST_MALLOC='off': use keep (the default) or system" in result.output
     assert allocator._applied is None  # nothing applied
+    monkeypatch.setenv(allocator.ENV, "")  # empty is unset: the default
+    monkeypatch.setattr(allocator, "_mallopt", lambda: True)
+    assert CliRunner().invoke(app, ["data", "--help"]).exit_code == 0 and allocator._applied is True
 
 
 def test_every_cli_command_applies_it(monkeypatch):

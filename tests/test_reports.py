@@ -57,13 +57,20 @@ def test_setup_names_the_training_settings_only_where_variants_differ(tmp_path, 
     mixed = synthetic_sweep(tmp_path / "a", meta={"training": {r: record(
         r, **({"lr_schedule": "cosine"} if r.startswith("thickness") else {})) for r in runs}})
     readme = (write_report([mixed], tmp_path / "ra") / "README.md").read_text()
-    assert ("- Training settings where variants differ: `thickness` lr_schedule cosine; every "
+    assert ("- Training settings where runs differ: `thickness` lr_schedule cosine; every "
             "other variant: lr_schedule constant.") in readme
     # a variant whose seeds were trained differently says so
     uneven = synthetic_sweep(tmp_path / "b", meta={"training": {r: record(
         r, **({"model": "wide"} if r == "thickness-seed2" else {})) for r in runs}})
     readme = (write_report([uneven], tmp_path / "rb") / "README.md").read_text()
-    assert "differ: `thickness` model baseline/wide; every other variant: model baseline." in readme
+    assert ("differ: `thickness` model baseline/wide (its runs differ); every other variant: "
+            "model baseline.") in readme
+    # one variant alone, its seeds trained two ways: named, no "every other variant"
+    alone = synthetic_sweep(tmp_path / "d", meta={"training": {r: record(
+        r, **({"lr_schedule": "cosine"} if r.endswith("seed2") else {})) for r in runs}})
+    readme = (write_report([alone], tmp_path / "rd") / "README.md").read_text()
+    assert ("- Training settings where runs differ: `none` lr_schedule constant/cosine (its runs "
+            "differ); `thickness` lr_schedule constant/cosine (its runs differ).") in readme
     same = synthetic_sweep(tmp_path / "c", meta={"training": {r: record(r) for r in runs}})
     readme = (write_report([same], tmp_path / "rc") / "README.md").read_text()
     assert "Training settings where" not in readme and "seeds per variant: none 3, thickness 3." in readme

@@ -122,6 +122,19 @@ def test_cosine_schedule_runs_and_resumes_exactly(tmp_path, tiny_splits):
         _same_run(tmp_path / "full", tmp_path / "constant")
 
 
+def test_a_run_stopped_before_its_first_epoch_keeps_its_settings(tmp_path, tiny_splits):
+    # config.json is written before the first epoch; a folder with no checkpoint yet is not
+    # free for other settings (its name may say what it was asked to train)
+    with pytest.raises(_Stop):
+        _train(tmp_path, tiny_splits, config=_config(epochs=2, lr_schedule="cosine"),
+               progress=_StopAfterFirstEpoch())
+    RunDir(tmp_path / "run").checkpoint.unlink()  # as if stopped during epoch 1
+    with pytest.raises(RobustMnistError, match=r"lr_schedule: saved 'cosine', asked 'constant'"):
+        _train(tmp_path, tiny_splits, config=_config(epochs=2))
+    assert run_state(tmp_path / "run", _config(epochs=2, lr_schedule="cosine")) == "new"
+    _train(tmp_path, tiny_splits, config=_config(epochs=2), force=True)  # --force still may
+
+
 def test_a_run_saved_before_schedules_existed_is_the_constant_recipe(tmp_path, tiny_splits):
     _train(tmp_path, tiny_splits, config=_config(epochs=1))
     path = RunDir(tmp_path / "run").checkpoint
