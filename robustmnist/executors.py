@@ -9,6 +9,7 @@ folders, sweep folder).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import time
@@ -111,7 +112,10 @@ def pool_worker_init(parent: int) -> None:
     """A spawned training worker's initializer: stop with the driver; malloc as the CLI sets it
     (a spawned process starts with glibc's defaults)."""
     exit_with_parent(parent)
-    keep_freed_memory()
+    # A bad ROBUSTMNIST_MALLOC: the CLI refuses it; a library caller's workers then keep
+    # malloc's defaults rather than die.
+    with contextlib.suppress(RobustMnistError):
+        keep_freed_memory()
 
 
 class LocalExecutor:
