@@ -296,12 +296,16 @@ def _parse_sweep(path: Path, raw: dict[str, Any]) -> dict[str, list[float]]:
 
 def pending_runs(exp: Experiment) -> tuple[list[Run], int]:
     """(runs still to train, number already complete); errors on a changed config."""
-    from robustmnist.training import run_state
+    from robustmnist.training import SettingsMismatch, run_state
 
     todo, done = [], 0
     for run in exp.runs():
         try:
             state = run_state(run.folder.root, run.config)
+        except SettingsMismatch as err:
+            raise RobustMnistError(f"{exp.source}: variant {run.variant.name!r} changed since "
+                                   f"{run.folder.root} was trained ({err.what}); restore it in the "
+                                   "file, use a new output folder (--out) or delete that run") from None
         except RobustMnistError as err:
             raise RobustMnistError(f"{exp.source}: the file changed since {run.folder.root} was "
                                    f"trained ({err}); use a new output folder (--out) or delete "

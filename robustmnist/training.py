@@ -103,6 +103,14 @@ def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
     artifacts.write_text(path, buf.getvalue())
 
 
+class SettingsMismatch(RobustMnistError):
+    """A run folder holds a run with other settings; `what` names them (saved vs asked)."""
+
+    def __init__(self, message: str, what: str) -> None:
+        super().__init__(message)
+        self.what = what
+
+
 def run_state(run_dir: Path, config: TrainConfig) -> str:
     """'new', 'partial' or 'complete' for `config` in `run_dir`; error if it holds another run
     (by its checkpoint, or by the config.json of a run stopped before its first epoch ended:
@@ -125,9 +133,9 @@ def run_state(run_dir: Path, config: TrainConfig) -> str:
             what = ", ".join([*(f"aug.{k}: saved {v!r}, asked {wanted['aug'][k]!r}"
                                 for k, v in saved.get("aug", {}).items()
                                 if wanted["aug"].get(k) != v), *([what] if what else [])])
-        raise RobustMnistError(f"{run_dir} holds a run with other settings ({what}); to resume "
+        raise SettingsMismatch(f"{run_dir} holds a run with other settings ({what}); to resume "
                                "it, pass its settings; else choose another --out or pass --force "
-                               "to start over (that discards it)")
+                               "to start over (that discards it)", what)
     if ckpt is None:
         return "new"
     return "complete" if ckpt.complete else "partial"

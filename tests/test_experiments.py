@@ -200,7 +200,8 @@ def test_executor_trains_only_missing_runs_and_changes_are_detected(tmp_path, ti
         pending_runs(changed)
     overridden = load_experiment(_write(tmp_path, GOOD.replace(
         "p_untouched = 0.5", 'p_untouched = 0.5\nlr_schedule = "cosine"')))  # a variant's [train] too
-    with pytest.raises(RobustMnistError, match="changed since"):
+    with pytest.raises(RobustMnistError, match=r"variant 'thick' changed since .*thick-seed0 was "
+                       r"trained \(lr_schedule: saved 'constant', asked 'cosine'\); restore it"):
         pending_runs(overridden)
 
 
