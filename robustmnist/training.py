@@ -126,13 +126,13 @@ def run_state(run_dir: Path, config: TrainConfig) -> str:
             return "new"  # nothing readable was started here
     wanted = config.result_fields()
     if saved != wanted:
-        diff = sorted(k for k, v in wanted.items() if saved.get(k) != v)
-        what = ", ".join(f"{k}: saved {saved.get(k)!r}, asked {wanted[k]!r}" for k in diff
-                         if k != "aug")
-        if "aug" in diff:
-            what = ", ".join([*(f"aug.{k}: saved {v!r}, asked {wanted['aug'][k]!r}"
-                                for k, v in saved.get("aug", {}).items()
-                                if wanted["aug"].get(k) != v), *([what] if what else [])])
+        def flat(fields: dict) -> dict:  # aug fields first, then the others by name
+            return {**{f"aug.{k}": v for k, v in fields.get("aug", {}).items()},
+                    **{k: fields[k] for k in sorted(fields) if k != "aug"}}
+
+        old = flat(saved)
+        what = ", ".join(f"{k}: saved {old.get(k)!r}, asked {v!r}"
+                         for k, v in flat(wanted).items() if old.get(k) != v)
         raise SettingsMismatch(f"{run_dir} holds a run with other settings ({what}); to resume "
                                "it, pass its settings; else choose another --out or pass --force "
                                "to start over (that discards it)", what)
