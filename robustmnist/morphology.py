@@ -122,26 +122,35 @@ class Rung:
 
 
 #: The 28x28 ladder. A k x k flat element moves each edge by (k-1)/2 px, so the width
-#: changes by k-1 px: 2x2 -> 1 px, 3x3 -> 2 px. Measured effect on the MNIST test set
-#: (robustmnist measure, Morpho-MNIST definition) is in docs/README "Stroke-width scale".
+#: changes by k-1 px: 2x2 -> 1 px, 3x3 -> 2 px, 4x4 -> 3 px, 5x5 -> 4 px. Measured effect on
+#: the MNIST test set (robustmnist measure, Morpho-MNIST definition) is in docs/README
+#: "Stroke-width scale". The thickness policies train on -1..+2 by default; +3 and +4 (the
+#: ``ladder`` test family's thickest rungs) only where a variant's range reaches them.
 LADDER: dict[int, Rung] = {
     -2: Rung(-2, "erode", "square", 3),
     -1: Rung(-1, "erode", "square", 2),
     1: Rung(1, "dilate", "square", 2),
     2: Rung(2, "dilate", "square", 3),
+    3: Rung(3, "dilate", "square", 4),
+    4: Rung(4, "dilate", "square", 5),
 }
 LADDER_RANGE = (min(LADDER), max(LADDER))
 
 
-def second_step(rung: Rung, first: torch.Tensor) -> torch.Tensor:
-    """The |level| = 2 rung from the |level| = 1 rung's output: a 2x2 op then its mirror is
-    exactly the 3x3 op (max/min over the same pixels, geodesic border), at about half the cost.
+def next_step(rung: Rung, previous: torch.Tensor) -> torch.Tensor:
+    """Rung ``k`` (|k| >= 2) from rung ``k - 1``'s output: one more 2x2 op, anchored so the
+    windows add up to the k+1 square's (OpenCV anchor ``s // 2``: a 3x3 is a 2x2 then its
+    mirror, a 4x4 the 3x3 then a 2x2, a 5x5 the 4x4 then a mirrored 2x2). Max/min over the
+    same pixels, geodesic border: exact, at a fraction of the cost of the big square.
 
     >>> x = torch.rand(4, 1, 9, 9)
-    >>> torch.equal(second_step(LADDER[2], LADDER[1](x)), LADDER[2](x))
+    >>> torch.equal(next_step(LADDER[2], LADDER[1](x)), LADDER[2](x))
+    True
+    >>> torch.equal(next_step(LADDER[4], next_step(LADDER[3], LADDER[2](x))), LADDER[4](x))
     True
     """
-    return (dilate if rung.op == "dilate" else erode)(first, "square", 2, mirrored=True)
+    op = dilate if rung.op == "dilate" else erode
+    return op(previous, "square", 2, mirrored=rung.size % 2 == 1)
 
 
 def apply_stroke_delta(x: torch.Tensor, stroke_delta_px: torch.Tensor) -> torch.Tensor:
@@ -172,21 +181,32 @@ def apply_stroke_delta(x: torch.Tensor, stroke_delta_px: torch.Tensor) -> torch.
     # Hat-function weights on the integer rungs (linear interpolation); identity weight first.
     out = x * (1 - delta.abs()).clamp(min=0).view(-1, 1, 1, 1)  # a new tensor: safe in place
     for sign in (-1, 1):
-        w1 = (1 - (delta - sign).abs()).clamp(min=0)       # (B,) weight of the 1-px rung
-        w2 = (1 - (delta - 2 * sign).abs()).clamp(min=0)   # (B,) weight of the 2-px rung
-        idx = torch.nonzero((w1 > 0) | (w2 > 0)).flatten()
+        depth = max(k * sign for k in LADDER if k * sign > 0)
+        weights = [(1 - (delta - k * sign).abs()).clamp(min=0) for k in range(1, depth + 1)]
+        needed = weights[-1] > 0   # rows that need rung k: a weight on it or a deeper one
+        reach = [needed]
+        for w in reversed(weights[:-1]):
+            needed = needed | (w > 0)
+            reach.insert(0, needed)
+        idx = torch.nonzero(reach[0]).flatten()
         if idx.numel() == 0:
             continue
-        first = LADDER[sign](x.index_select(0, idx))
+        rung = LADDER[sign](x.index_select(0, idx))
         # The rows' sums gathered, added and put back: the same float adds as index_add_,
-        # which takes a generic scatter path on the CPU.
-        rows = out.index_select(0, idx).add_(first * w1.index_select(0, idx).view(-1, 1, 1, 1))
-        w2_sub = w2.index_select(0, idx)
-        deep = torch.nonzero(w2_sub > 0).flatten()          # positions within idx
-        if deep.numel():
-            second = second_step(LADDER[2 * sign], first.index_select(0, deep))
-            second.mul_(w2_sub.index_select(0, deep).view(-1, 1, 1, 1))
-            rows.index_copy_(0, deep, rows.index_select(0, deep).add_(second))
+        # which takes a generic scatter path on the CPU. Each deeper rung is one more 2x2 op
+        # on the previous rung's rows that go deeper, added to those rows in rung order.
+        rows = out.index_select(0, idx).add_(rung * weights[0].index_select(0, idx).view(-1, 1, 1, 1))
+        at = idx     # the batch rows of `rung`
+        pos = None   # their positions within idx (None: all of idx)
+        for k in range(2, depth + 1):
+            deep = torch.nonzero(reach[k - 1].index_select(0, at)).flatten()  # within `at`
+            if deep.numel() == 0:
+                break
+            at = at.index_select(0, deep)
+            pos = deep if pos is None else pos.index_select(0, deep)
+            rung = next_step(LADDER[k * sign], rung.index_select(0, deep))
+            weighted = rung * weights[k - 1].index_select(0, at).view(-1, 1, 1, 1)
+            rows.index_copy_(0, pos, rows.index_select(0, pos).add_(weighted))
         out.index_copy_(0, idx, rows)
     out = out.clamp_(0, 1)
     return out.contiguous(memory_format=fmt) if fmt is not None else out

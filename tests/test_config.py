@@ -93,7 +93,7 @@ def test_train_config_dict_round_trip(aug):
 def test_from_dict_checks_the_nested_table():
     d = TrainConfig().to_dict()
     d["aug"]["delta_max_px"] = 9.0
-    with pytest.raises(RobustMnistError, match=r"^aug\.delta_max_px: must be <= 2"):
+    with pytest.raises(RobustMnistError, match=r"^aug\.delta_max_px: must be <= 4"):
         TrainConfig.from_dict(d)
 
 
@@ -119,7 +119,8 @@ def test_from_policy_overrides_and_ignores_none():
 
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"delta_min_px": 1.0, "delta_max_px": -1.0}, r"range \[1, -1\] px is invalid"),
-    ({"delta_max_px": 3.5}, r"^delta_max_px: must be <= 2, got 3\.5$"),
+    ({"delta_max_px": 4.5}, r"^delta_max_px: must be <= 4, got 4\.5$"),
+    ({"delta_min_px": -2.5}, r"^delta_min_px: must be >= -2, got -2\.5$"),
     ({"p_untouched": 1.5}, r"^p_untouched: must be <= 1"),
     ({"affine": 1}, r"^affine: expected true or false"),
     ({"colour": 1}, r"^colour: unknown key"),

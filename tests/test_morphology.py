@@ -1,3 +1,5 @@
+import math
+
 import cv2
 import numpy as np
 import pytest
@@ -6,7 +8,7 @@ import torch
 from robustmnist import morphology
 from robustmnist.morphology import LADDER, apply_stroke_delta, dilate, element, erode
 
-ELEMENTS = [("square", 2), ("square", 3), ("disk", 2), ("disk", 3), ("disk", 5)]
+ELEMENTS = [("square", 2), ("square", 3), ("square", 4), ("square", 5), ("disk", 2), ("disk", 3), ("disk", 5)]
 CV_OPS = {"dilate": (dilate, cv2.dilate), "erode": (erode, cv2.erode)}
 
 
@@ -68,8 +70,8 @@ def test_hand_computed_2x2_dilation():
 
 def test_mixed_batch_equals_each_sample_alone():
     rng = np.random.default_rng(3)
-    x = torch.from_numpy(rng.random((7, 1, 12, 12), dtype=np.float32))
-    levels = torch.tensor([-2.0, -1.0, -0.3, 0.0, 0.5, 1.0, 1.7])
+    x = torch.from_numpy(rng.random((9, 1, 12, 12), dtype=np.float32))
+    levels = torch.tensor([-2.0, -1.0, -0.3, 0.0, 0.5, 1.0, 1.7, 2.6, 4.0])
     batch = apply_stroke_delta(x, levels)
     for i in range(len(x)):
         alone = apply_stroke_delta(x[i:i + 1], levels[i:i + 1])
@@ -78,12 +80,14 @@ def test_mixed_batch_equals_each_sample_alone():
 
 def test_levels_are_the_hat_weighted_sum_of_the_rungs_to_the_bit():
     """The batched rows (gathered, summed, put back) give the textbook blend's floats: the
-    identity weight first, then the 1-px rung, then the 2-px rung, each added in that order."""
+    identity weight first, then the 1-px rung, the 2-px rung and so on up to the level's
+    upper rung (the full OpenCV-anchored square, not the chained 2x2 steps), in that order."""
     rng = np.random.default_rng(5)
-    x = torch.from_numpy(rng.random((64, 1, 14, 14), dtype=np.float32))
-    levels = torch.from_numpy(rng.uniform(-2, 2, 64).astype(np.float32))
+    x = torch.from_numpy(rng.random((96, 1, 14, 14), dtype=np.float32))
+    levels = torch.from_numpy(rng.uniform(-2, 4, 96).astype(np.float32))
     levels[::5] = 0.0
-    levels[1::7] = torch.tensor([-2.0, -1.0, 1.0, 2.0, -1.5, 0.5, 1.5, -0.5, 2.0, -2.0])[:len(levels[1::7])]
+    levels[1::7] = torch.tensor([-2.0, -1.0, 1.0, 2.0, -1.5, 0.5, 1.5, -0.5, 2.0, -2.0, 3.0, 4.0,
+                                 2.5, 3.5])[:len(levels[1::7])]
     def weight(d, rung):  # float32, as the levels are
         return (1 - (d - rung).abs()).clamp(min=0)
 
@@ -92,10 +96,8 @@ def test_levels_are_the_hat_weighted_sum_of_the_rungs_to_the_bit():
         d, xi = levels[i], x[i:i + 1]
         sign = 1 if d > 0 else -1
         expected = xi * weight(d, 0)
-        if d != 0:
-            expected = expected + LADDER[sign](xi) * weight(d, sign)
-            if abs(d) > 1:
-                expected = expected + LADDER[2 * sign](xi) * weight(d, 2 * sign)
+        for k in range(1, math.ceil(abs(float(d))) + 1):  # each rung up to the level's, in order
+            expected = expected + LADDER[k * sign](xi) * weight(d, k * sign)
         got = got_all[i:i + 1]
         assert torch.equal(got, expected.clamp(0, 1)), (i, d)
 
