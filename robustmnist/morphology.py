@@ -153,6 +153,11 @@ def next_step(rung: Rung, previous: torch.Tensor) -> torch.Tensor:
     return op(previous, "square", 2, mirrored=rung.size % 2 == 1)
 
 
+def _hat(level: torch.Tensor, rung: int) -> torch.Tensor:
+    """(B, 1, 1, 1) linear-interpolation weight of integer `rung` at each `level` (B,)."""
+    return (1 - (level - rung).abs()).clamp(min=0).view(-1, 1, 1, 1)
+
+
 def apply_stroke_delta(x: torch.Tensor, stroke_delta_px: torch.Tensor) -> torch.Tensor:
     """Change each sample's stroke width by its own level, one Kornia call per rung used.
 
@@ -179,34 +184,30 @@ def apply_stroke_delta(x: torch.Tensor, stroke_delta_px: torch.Tensor) -> torch.
     lo, hi = LADDER_RANGE
     delta = stroke_delta_px.to(device=x.device, dtype=x.dtype).clamp(lo, hi)
     # Hat-function weights on the integer rungs (linear interpolation); identity weight first.
-    out = x * (1 - delta.abs()).clamp(min=0).view(-1, 1, 1, 1)  # a new tensor: safe in place
+    out = x * _hat(delta, 0)  # a new tensor: safe in place
     for sign in (-1, 1):
+        # A row needs rung k of this side when its level goes past k - 1 (its hat weight is
+        # then non-zero on rung k or on a deeper one); each rung's weight is computed on the
+        # rows that need it, the same floats as on the whole batch.
         depth = max(k * sign for k in LADDER if k * sign > 0)
-        weights = [(1 - (delta - k * sign).abs()).clamp(min=0) for k in range(1, depth + 1)]
-        needed = weights[-1] > 0   # rows that need rung k: a weight on it or a deeper one
-        reach = [needed]
-        for w in reversed(weights[:-1]):
-            needed = needed | (w > 0)
-            reach.insert(0, needed)
-        idx = torch.nonzero(reach[0]).flatten()
+        idx = torch.nonzero(delta * sign > 0).flatten()
         if idx.numel() == 0:
             continue
+        level = delta.index_select(0, idx)
         rung = LADDER[sign](x.index_select(0, idx))
         # The rows' sums gathered, added and put back: the same float adds as index_add_,
         # which takes a generic scatter path on the CPU. Each deeper rung is one more 2x2 op
         # on the previous rung's rows that go deeper, added to those rows in rung order.
-        rows = out.index_select(0, idx).add_(rung * weights[0].index_select(0, idx).view(-1, 1, 1, 1))
-        at = idx     # the batch rows of `rung`
-        pos = None   # their positions within idx (None: all of idx)
+        rows = out.index_select(0, idx).add_(rung * _hat(level, sign))
+        pos = None   # positions within idx of the rows still going deeper (None: all)
         for k in range(2, depth + 1):
-            deep = torch.nonzero(reach[k - 1].index_select(0, at)).flatten()  # within `at`
+            deep = torch.nonzero(level * sign > k - 1).flatten()
             if deep.numel() == 0:
                 break
-            at = at.index_select(0, deep)
             pos = deep if pos is None else pos.index_select(0, deep)
+            level = level.index_select(0, deep)
             rung = next_step(LADDER[k * sign], rung.index_select(0, deep))
-            weighted = rung * weights[k - 1].index_select(0, at).view(-1, 1, 1, 1)
-            rows.index_copy_(0, pos, rows.index_select(0, pos).add_(weighted))
+            rows.index_copy_(0, pos, rows.index_select(0, pos).add_(rung * _hat(level, k * sign)))
         out.index_copy_(0, idx, rows)
     out = out.clamp_(0, 1)
     return out.contiguous(memory_format=fmt) if fmt is not None else out

@@ -21,7 +21,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustmnist import RobustMnistError, __version__, artifacts
-from robustmnist.augmentation import augment
+from robustmnist.augmentation import apply, concat, sample
 from robustmnist.checkpoint import Classifier, load_checkpoint, normalise, save_checkpoint, to_unit
-from robustmnist.config import TrainConfig
+from robustmnist.config import AugConfig, TrainConfig
 from robustmnist.data import MnistSplit, load_split
 from robustmnist.layout import RunDir
 from robustmnist.models import build_model, resolve_device
@@ -40,6 +40,36 @@ from robustmnist.pen import PenAtlas, atlas_id, training_atlas
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
                   "epoch_seconds", "images_per_second"]
+
+
+#: Training batches augmented per `apply` call (`training_batches`): the per-call overhead of
+#: the augmentation's small ops is shared by this many batches, the same floats
+#: (``benchmarks/bench.py`` measures the policies).
+AUG_GROUP = 4
+
+
+def training_batches(images_u8: torch.Tensor, order: torch.Tensor, batch_size: int,
+                     config: AugConfig, generator: torch.Generator, atlas: PenAtlas | None = None,
+                     group: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(indices, images in [0, 1]) of each batch of `order`, augmented exactly as batch by
+    batch ``augment`` would: each batch's parameters are drawn in turn from `generator`, then
+    `group` (default `AUG_GROUP`) batches are applied in one call (`augmentation.concat`).
+
+    >>> images = torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8)
+    >>> g = torch.Generator().manual_seed(0)
+    >>> [tuple(x.shape) for _, x in training_batches(images, torch.arange(10), 4,
+    ...                                               AugConfig.from_policy("thick"), g)]
+    [(4, 1, 28, 28), (4, 1, 28, 28), (2, 1, 28, 28)]
+    """
+    group = AUG_GROUP if group is None else group
+    for start in range(0, len(order), batch_size * group):
+        chunk = order[start:start + batch_size * group]
+        parts = chunk.split(batch_size)
+        x = to_unit(images_u8[chunk])
+        if not config.is_identity:
+            params = concat([sample(config, len(part), generator) for part in parts])
+            x = apply(x, params, None if atlas is None else atlas[chunk])
+        yield from zip(parts, x.split(batch_size))
 
 
 def epoch_generator(seed: int, epoch: int, stream: int, device: torch.device) -> torch.Generator:
@@ -267,13 +297,12 @@ def _one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: Train
     progress.start(epoch + 1, steps)
     scheduled = config.lr_schedule != "constant"  # the classic recipe leaves Adam's lr alone
     t0 = time.perf_counter()
-    for step in range(steps):
+    batches = training_batches(train_split.images, perm, config.batch_size, config.aug, aug_gen,
+                               pen_atlas)
+    for step, (idx, x) in enumerate(batches):  # x: (B, 1, 28, 28) in [0, 1], augmented
         if scheduled:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(config, epoch * steps + step, config.epochs * steps)
-        idx = perm[step * config.batch_size:(step + 1) * config.batch_size]
-        x = augment(to_unit(train_split.images[idx]), config.aug, aug_gen,
-                    None if pen_atlas is None else pen_atlas[idx])  # (B,1,28,28)
         y = train_split.labels[idx]
         logp = model(normalise(x, config.mean, config.std))
         loss = F.nll_loss(logp, y)

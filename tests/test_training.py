@@ -6,10 +6,13 @@ import pytest
 import torch
 
 from robustmnist import RobustMnistError
-from robustmnist.checkpoint import Classifier, load_checkpoint
+from robustmnist import training
+from robustmnist.augmentation import POLICIES, augment
+from robustmnist.checkpoint import Classifier, load_checkpoint, to_unit
 from robustmnist.config import AugConfig, TrainConfig
 from robustmnist.layout import RunDir
-from robustmnist.training import METRIC_COLUMNS, Progress, lr_at, run_state, train
+from robustmnist.pen import build_atlas
+from robustmnist.training import METRIC_COLUMNS, Progress, lr_at, run_state, train, training_batches
 
 
 def _config(**kw):
@@ -219,3 +222,32 @@ def test_cuda_epoch_with_augmentation(tmp_path, tiny_splits):
     result = _train(tmp_path, tiny_splits, config=_config(epochs=1, device="cuda",
                                                           aug=AugConfig.from_policy("thickness")))
     assert result.metrics[0]["test_accuracy"] > 0.1
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_grouped_batches_are_the_batches_augmented_one_by_one_to_the_bit(tiny_splits, policy):
+    """Several batches per `apply` call (the trainer's path) give every batch the floats that
+    augmenting it alone gives, a short last batch and a ragged last group included."""
+    images = tiny_splits["train"].images[:230]
+    config = AugConfig.from_policy(policy)
+    atlas = build_atlas(images.numpy(), workers=1) if config.p_pen > 0 else None
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(1))
+    alone, g = [], torch.Generator().manual_seed(5)
+    for part in order.split(32):
+        alone.append(augment(to_unit(images[part]), config, g, None if atlas is None else atlas[part]))
+    for group in (1, 3, 8):
+        g = torch.Generator().manual_seed(5)
+        got = list(training_batches(images, order, 32, config, g, atlas, group=group))
+        assert [len(i) for i, _ in got] == [32] * 7 + [6]
+        for (idx, x), part, expected in zip(got, order.split(32), alone, strict=True):
+            assert torch.equal(idx, part) and torch.equal(x, expected), (group, len(idx))
+
+
+def test_a_grouped_epoch_trains_the_same_weights(tmp_path, tiny_splits, monkeypatch):
+    config = _config(epochs=1, aug=AugConfig.from_policy("thickness+affine"))
+    a = _train(tmp_path, tiny_splits, "grouped", config=config)
+    monkeypatch.setattr(training, "AUG_GROUP", 1)
+    b = _train(tmp_path, tiny_splits, "one-by-one", config=config)
+    wa = load_checkpoint(a.run_dir).state_dict
+    wb = load_checkpoint(b.run_dir).state_dict
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
