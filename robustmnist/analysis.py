@@ -33,7 +33,8 @@ BASELINE = "none"
 FAMILY_TITLES = {
     "delta": "stroke change (px of width at 28x28; <0 thinner)",
     "absolute": "every digit redrawn at one thickness (px)",
-    "ladder": "28x28 OpenCV rungs (-1 = 2x2 erosion, +2 = 3x3 dilation; +3 = 4x4, +4 = 5x5, beyond the default thickness range)",
+    "ladder": ("28x28 OpenCV rungs (-1 = 2x2 erosion, +2 = 3x3 dilation; +3 = 4x4, +4 = 5x5, "
+               "beyond the default thickness range)"),
     "photo": "photographed handwriting: pen width as a fraction of the digit's height",
 }
 #: Families whose levels are unsigned (an absolute width or fraction, not a change).

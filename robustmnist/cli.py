@@ -4,6 +4,7 @@ and render its result. Only this module prints and chooses default paths."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -56,6 +57,8 @@ def main(version: Annotated[bool, typer.Option("--version", callback=_version,
                                                is_eager=True, help="Show the version.")] = False,
          ) -> None:
     """robustmnist: stroke-thickness robustness of MNIST classifiers."""
+    if {"--help", "-h"} & set(sys.argv[1:]):
+        return  # help is shown whatever the environment says (the subcommand parses it later)
     try:
         keep_freed_memory()  # a step's freed memory reused, not page-faulted in again
     except RobustMnistError as error:

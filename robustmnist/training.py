@@ -69,7 +69,7 @@ def training_batches(images_u8: torch.Tensor, order: torch.Tensor, batch_size: i
         if not config.is_identity:
             params = concat([sample(config, len(part), generator) for part in parts])
             x = apply(x, params, None if atlas is None else atlas[chunk])
-        yield from zip(parts, x.split(batch_size))
+        yield from zip(parts, x.split(batch_size), strict=True)
 
 
 def epoch_generator(seed: int, epoch: int, stream: int, device: torch.device) -> torch.Generator:

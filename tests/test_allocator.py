@@ -59,13 +59,21 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again():
 def test_a_misspelt_setting_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(allocator, "_applied", None)
     monkeypatch.setenv(allocator.ENV, "off")
-    result = CliRunner().invoke(app, ["data", "--help"])
+    result = CliRunner().invoke(app, ["data", "fetch", "--data-dir", "/nonexistent/never"])
     assert result.exit_code == 1
     assert "ROBUSTMNIST_MALLOC='off': use keep (the default) or system" in result.output
     assert allocator._applied is None  # nothing applied
     monkeypatch.setenv(allocator.ENV, "")  # empty is unset: the default
     monkeypatch.setattr(allocator, "_mallopt", lambda: True)
     assert CliRunner().invoke(app, ["data", "--help"]).exit_code == 0 and allocator._applied is True
+
+
+def test_help_is_shown_whatever_the_setting(monkeypatch):
+    monkeypatch.setattr(allocator, "_applied", None)
+    monkeypatch.setenv(allocator.ENV, "off")
+    monkeypatch.setattr(sys, "argv", ["robustmnist", "train", "--help"])
+    result = CliRunner().invoke(app, ["train", "--help"])
+    assert result.exit_code == 0 and "--aug" in result.output
 
 
 def test_every_cli_command_applies_it(monkeypatch):

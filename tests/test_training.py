@@ -5,8 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from robustmnist import RobustMnistError
-from robustmnist import training
+from robustmnist import RobustMnistError, training
 from robustmnist.augmentation import POLICIES, augment
 from robustmnist.checkpoint import Classifier, load_checkpoint, to_unit
 from robustmnist.config import AugConfig, TrainConfig
