@@ -6,7 +6,9 @@ of `--passes` passes per process. Also checks that both revisions draw bit-ident
 
 Each measurement is a fresh subprocess with ``PYTHONPATH`` set to the tree it times (the other
 revision is checked out with ``git worktree`` into a temporary folder), 2 torch threads.
-Writes ``benchmarks/results/aug-ab-<date>.{json,md}``.
+Writes ``benchmarks/results/aug-ab-<date>-<HHMM>.{json,md}``. A tree with
+``training.training_batches`` is timed through it (several batches per ``apply`` call, as its
+trainer does), an older one batch by batch, as its trainer did.
 Usage: ``python benchmarks/aug_ab.py [--base REV] [--rounds 1] [--passes 3]``. Run it alone
 on the machine.
 """
@@ -28,7 +30,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 #: Runs in the timed tree (its own `robustmnist` first on the path).
 CHILD = r"""
-import hashlib, json, statistics, sys, time
+import hashlib, json, os, statistics, sys, time
 import torch
 import robustmnist
 from robustmnist.augmentation import augment
@@ -41,16 +43,29 @@ policies, passes = sys.argv[1].split(","), int(sys.argv[2])
 images = load_split("train").images
 atlas = training_atlas(images, default_data_dir())
 out = {"module": robustmnist.__file__, "seconds": {}, "hash": {}}
+try:  # the trainer's path: several batches per apply call (BENCH_AUG_GROUP of them)
+    from robustmnist import training
+    grouped = training.training_batches
+    group = int(os.environ.get("BENCH_AUG_GROUP") or training.AUG_GROUP)
+    out["group"] = group
+except AttributeError:  # a tree from before: one batch per call, as its trainer did
+    grouped = None
+def batches(config, g, perm):
+    if grouped is not None:
+        yield from (x for _, x in grouped(images, perm, 512, config, g,
+                                          atlas if config.p_pen else None, group=group))
+        return
+    for i in range(0, len(perm), 512):
+        idx = perm[i:i + 512]
+        yield augment(to_unit(images[idx]), config, g, atlas[idx] if config.p_pen else None)
 def one_pass(config, keep=0):
     g = torch.Generator().manual_seed(0)
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(1))
     digest = hashlib.sha256()
     t0 = time.perf_counter()
-    for k, i in enumerate(range(0, len(perm), 512)):
-        idx = perm[i:i + 512]
-        x = augment(to_unit(images[idx]), config, g, atlas[idx] if config.p_pen else None)
+    for k, x in enumerate(batches(config, g, perm)):
         if k < keep:
-            digest.update(x.numpy().tobytes())
+            digest.update(x.contiguous().numpy().tobytes())
     return time.perf_counter() - t0, digest.hexdigest()
 for policy in policies:
     config = AugConfig.from_policy(policy)
@@ -64,8 +79,9 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_"
               "ROBUSTMNIST_MALLOC": "system"}
 
 
-def timed(tree: Path, policies: list[str], passes: int) -> dict:
-    return in_tree(tree, CHILD, [",".join(policies), str(passes)], MALLOC_ENV)
+def timed(tree: Path, policies: list[str], passes: int, group: int | None = None) -> dict:
+    env = {**MALLOC_ENV, "BENCH_AUG_GROUP": "" if group is None else str(group)}
+    return in_tree(tree, CHILD, [",".join(policies), str(passes)], env)
 
 
 def main() -> None:
@@ -87,7 +103,7 @@ def main() -> None:
               "base": args.base, "this": git_revision(ROOT), "runs": runs, "median": med,
               "augmentation_alone_s": alone, "bit_identical": same}
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"aug-ab-{when.date()}"
+    stem = RESULTS / f"aug-ab-{when:%Y-%m-%d-%H%M}"
     artifacts.write_json(stem.with_suffix(".json"), record)
     machine = record["machine"]
     lines = [f"Measured {record['date']} on {machine['device_name']} (2 torch threads, torch "

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -111,7 +111,9 @@ def concat(params: Sequence[AugParams]) -> AugParams:
         parts = [getattr(p, name) for p in params]
         return None if parts[0] is None else torch.cat(parts)
 
-    return AugParams(*(joined(f.name) for f in fields(AugParams)))
+    delta = joined("stroke_delta_px")
+    assert delta is not None  # every policy draws its levels
+    return AugParams(delta, joined("affine"), joined("pen_width_px"), joined("refit"))
 
 
 def affine_matrix(angle_deg: torch.Tensor, shift_px: torch.Tensor, zoom: torch.Tensor,

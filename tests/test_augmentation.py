@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -9,6 +11,7 @@ from robustmnist.augmentation import (
     affine_matrix,
     apply,
     augment,
+    concat,
     preview,
     sample,
     warp,
@@ -396,3 +399,12 @@ def test_box_side_px_is_the_box_of_the_half_level_ink():
         return max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) if rows else 0
 
     assert _box_side_px(ink).tolist() == [float(by_loop(img)) for img in ink]
+
+
+def test_concat_joins_every_field_in_order():
+    config = AugConfig.from_policy("fine-pen+thickness+affine")  # a policy that draws them all
+    g = torch.Generator().manual_seed(0)
+    parts = [sample(config, n, g) for n in (3, 5)]
+    joined = concat(parts)
+    for f in dataclasses.fields(AugParams):
+        assert torch.equal(getattr(joined, f.name), torch.cat([getattr(p, f.name) for p in parts])), f.name
