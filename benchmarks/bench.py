@@ -41,7 +41,6 @@ import torch.nn.functional as F
 
 from robustmnist import artifacts
 from robustmnist.allocator import keep_freed_memory
-from robustmnist.augmentation import augment
 from robustmnist.checkpoint import normalise, to_unit
 from robustmnist.config import POLICIES, AugConfig, TrainConfig
 from robustmnist.data import default_data_dir, fetch, load_split, raw_dir
@@ -51,7 +50,7 @@ from robustmnist.measure import measure_thickness
 from robustmnist.models import build_model, resolve_device
 from robustmnist.pen import training_atlas
 from robustmnist.perturb import DEFAULT_LEVELS
-from robustmnist.training import Progress, train
+from robustmnist.training import Progress, train, training_batches
 
 RESULTS = Path(__file__).parent / "results"
 STEPS = ("epochs", "sets", "sweep", "main", "measure", "bf16")
@@ -103,17 +102,17 @@ def rotated(items: list[str], k: int) -> list[str]:
 
 
 def augmentation_pass(policy: str, device: torch.device, splits: Any, atlas: Any) -> float:
-    """Seconds of one epoch's batches through the trainer's per-batch input path (gather,
-    to [0, 1], `augment`); for ``none`` that path without augmentation."""
+    """Seconds of one epoch's batches through the trainer's input path (`training_batches`:
+    gather, to [0, 1], `AUG_GROUP` batches per augmentation call); for ``none`` that path
+    without augmentation."""
     config = AugConfig.from_policy(policy)
     generator = torch.Generator(device=device).manual_seed(0)
     perm = torch.randperm(len(splits[0]), device=device)
-    images = splits[0].images
     _sync(device)
     t0 = time.perf_counter()
-    for i in range(0, len(perm), 512):
-        idx = perm[i:i + 512]
-        augment(to_unit(images[idx]), config, generator, atlas[idx] if config.p_pen else None)
+    for _ in training_batches(splits[0].images, perm, 512, config, generator,
+                              atlas if config.p_pen else None):
+        pass
     _sync(device)
     return time.perf_counter() - t0
 
