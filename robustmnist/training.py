@@ -42,10 +42,13 @@ METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_ac
                   "epoch_seconds", "images_per_second"]
 
 
-#: Training batches augmented per `apply` call (`training_batches`): the per-call overhead of
-#: the augmentation's small ops is shared by this many batches, the same floats
-#: (``benchmarks/bench.py`` measures the policies).
-AUG_GROUP = 4
+#: Training batches augmented per `apply` call (`training_batches`). Several per call share the
+#: per-call overhead of the augmentation's small ops, with the same floats, but on the 2-core
+#: CPU measured no faster: the ops are bound by memory, and a 512-digit batch (1.6 MB a
+#: tensor) stays in cache where four do not (`benchmarks/results/aug-group-2026-12-02-0815.md`:
+#: 0.84-1.34x the one-batch time per policy). Worth measuring again on a GPU, where launches
+#: cost more (`benchmarks/aug_group.py`).
+AUG_GROUP = 1
 
 
 def training_batches(images_u8: torch.Tensor, order: torch.Tensor, batch_size: int,
@@ -65,7 +68,7 @@ def training_batches(images_u8: torch.Tensor, order: torch.Tensor, batch_size: i
     for start in range(0, len(order), batch_size * group):
         chunk = order[start:start + batch_size * group]
         parts = chunk.split(batch_size)
-        x = to_unit(images_u8[chunk])
+        x = to_unit(images_u8.index_select(0, chunk))  # = images_u8[chunk], ~10x cheaper
         if not config.is_identity:
             params = concat([sample(config, len(part), generator) for part in parts])
             x = apply(x, params, None if atlas is None else atlas[chunk])
@@ -303,7 +306,7 @@ def _one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: Train
         if scheduled:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(config, epoch * steps + step, config.epochs * steps)
-        y = train_split.labels[idx]
+        y = train_split.labels.index_select(0, idx)
         logp = model(normalise(x, config.mean, config.std))
         loss = F.nll_loss(logp, y)
         optimizer.zero_grad(set_to_none=True)

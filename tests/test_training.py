@@ -244,6 +244,7 @@ def test_grouped_batches_are_the_batches_augmented_one_by_one_to_the_bit(tiny_sp
 
 def test_a_grouped_epoch_trains_the_same_weights(tmp_path, tiny_splits, monkeypatch):
     config = _config(epochs=1, aug=AugConfig.from_policy("thickness+affine"))
+    monkeypatch.setattr(training, "AUG_GROUP", 4)
     a = _train(tmp_path, tiny_splits, "grouped", config=config)
     monkeypatch.setattr(training, "AUG_GROUP", 1)
     b = _train(tmp_path, tiny_splits, "one-by-one", config=config)
