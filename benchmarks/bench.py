@@ -88,8 +88,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+#: The studies' recommended variants (a policy with its own stroke range), measured like the
+#: policies: name -> (policy, AugConfig overrides).
+VARIANTS: dict[str, tuple[str, dict[str, float]]] = {
+    "fine-pen+erode2+affine": ("fine-pen+thickness+affine", {"delta_min_px": -2.0}),
+    "fine-pen+erode2+dilate4+affine": ("fine-pen+thickness+affine",
+                                       {"delta_min_px": -2.0, "delta_max_px": 4.0}),
+}
+
+
+def aug_config(name: str) -> AugConfig:
+    """A policy's AugConfig, or a recommended variant's (`VARIANTS`)."""
+    if name in VARIANTS:
+        policy, overrides = VARIANTS[name]
+        return AugConfig.from_policy(policy, **overrides)
+    return AugConfig.from_policy(name)
+
+
 def robustmnist_epoch(policy: str, device: torch.device, out: Path, splits: Any) -> tuple[float, Path]:
-    config = TrainConfig(epochs=1, device=str(device), aug=AugConfig.from_policy(policy))
+    config = TrainConfig(epochs=1, device=str(device), aug=aug_config(policy))
     result = train(config, out / policy, force=True, train_split=splits[0], test_split=splits[1],
                    progress=Progress())
     return result.metrics[0]["epoch_seconds"], out / policy
@@ -105,7 +122,7 @@ def augmentation_pass(policy: str, device: torch.device, splits: Any, atlas: Any
     """Seconds of one epoch's batches through the trainer's input path (`training_batches`:
     gather, to [0, 1], `AUG_GROUP` batches per augmentation call); for ``none`` that path
     without augmentation."""
-    config = AugConfig.from_policy(policy)
+    config = aug_config(policy)
     generator = torch.Generator(device=device).manual_seed(0)
     perm = torch.randperm(len(splits[0]), device=device)
     _sync(device)
@@ -223,6 +240,15 @@ def main_job(results: dict[str, Any], data_dir: Path, tmp: Path) -> None:
     results["main_job_cold_s"] = time.perf_counter() - t0
 
 
+def _label(name: str) -> str:
+    """How the table names a policy, or a variant by its options."""
+    if name not in VARIANTS:
+        return f"--aug {name}"
+    policy, o = VARIANTS[name]
+    lo, hi = o.get("delta_min_px", -1.0), o.get("delta_max_px", 2.0)
+    return f"variant {name} (--aug {policy} --aug-range {lo:g},{hi:g})"
+
+
 def render(m: dict[str, Any]) -> str:
     lines = [f"Measured {m['date']} on {m['machine']['device_name']} ({m['machine']['device']}, "
              f"{m['machine']['torch_threads']} torch threads, torch {m['machine']['torch']}"
@@ -236,7 +262,7 @@ def render(m: dict[str, Any]) -> str:
             f"| robustmnist epoch, --aug none | {m['robustmnist_epoch_s']:.1f} s "
             f"(**{m['ratio_vs_standard']:.2f}x** the standard) |"]
         for p, frac in m["aug_overhead_fraction"].items():
-            lines.append(f"| robustmnist epoch, --aug {p} | {m['epoch_median_s'][p]:.1f} s (epoch "
+            lines.append(f"| robustmnist epoch, {_label(p)} | {m['epoch_median_s'][p]:.1f} s (epoch "
                          f"difference {100 * frac:+.1f} %; augmentation alone "
                          f"{m['augmentation_alone_s'][p]:.2f} s = "
                          f"**{100 * m['augmentation_alone_fraction'][p]:.1f} %** of the epoch) |")
@@ -263,18 +289,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer batches (smoke test only)")
     parser.add_argument("--skip", default="", help=f"comma-separated steps to skip: {','.join(STEPS)}")
     parser.add_argument("--repeats", type=int, default=5, help="epochs per configuration")
-    parser.add_argument("--policies", default=",".join(POLICIES),
-                        help="comma-separated policies for the epoch step (none is always added)")
+    parser.add_argument("--policies", default=",".join([*POLICIES, *VARIANTS]),
+                        help="comma-separated policies (or recommended variants: "
+                             f"{', '.join(VARIANTS)}) for the epoch step (none is always added)")
     parser.add_argument("--tag", default="", help="suffix of the result files' names")
     parser.add_argument("--readme", action="store_true",
                         help="also write the table into README.md's Speed section")
     args = parser.parse_args()
     skip = {s for s in args.skip.split(",") if s}
     chosen = [p for p in args.policies.split(",") if p]
-    if unknown := [p for p in chosen if p not in POLICIES]:
-        parser.error(f"unknown policy {unknown[0]!r}; choose from {', '.join(POLICIES)}")
-    args.policies = ["none", *[p for p in POLICIES if p in chosen and p != "none"]]
-    partial = skip or args.quick or len(args.policies) < len(POLICIES)
+    known = [*POLICIES, *VARIANTS]
+    if unknown := [p for p in chosen if p not in known]:
+        parser.error(f"unknown policy {unknown[0]!r}; choose from {', '.join(known)}")
+    args.policies = ["none", *[p for p in known if p in chosen and p != "none"]]
+    partial = skip or args.quick or len(args.policies) < len(known)
     if args.readme and partial:
         parser.error("--readme writes the README's table: only from a full run "
                      "(no --quick/--skip/--policies)")
