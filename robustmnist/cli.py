@@ -116,11 +116,15 @@ def data_export(
 def train(
     aug: Annotated[str, typer.Option(help=f"Augmentation policy: {' | '.join(POLICIES)}.")] = "none",
     aug_range: Annotated[str | None, typer.Option(
-        help="Stroke change range MIN,MAX in px of width at 28x28 (<0 thins), within -2,2. "
+        help="Stroke change range MIN,MAX in px of width at 28x28 (<0 thins), within -2,4 "
+             "(+3, +4: the 4x4, 5x5 dilations). "
              "Default: the policy's (thickness -1,2; thin -1,0; thick 0,2).")] = None,
     aug_p: Annotated[float | None, typer.Option(
         help="Probability that an image not redrawn by a pen keeps its original strokes "
              "(default 0.2; pen redraws have their own share, p_pen).")] = None,
+    aug_refit: Annotated[float | None, typer.Option(
+        help="Share of pen-redrawn digits re-fitted into their original's box, as predict "
+             "size-normalises a photo (refit/fine-pen policies; default 0.5).")] = None,
     epochs: Annotated[int, typer.Option(help="Passes over the 60,000 training images.")] = 20,
     batch_size: Annotated[int, typer.Option(help="Images per Adam step.")] = 512,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
@@ -149,7 +153,7 @@ def train(
     config = from_table(TrainConfig, {"model": model, "epochs": epochs, "batch_size": batch_size,
                                       "lr": lr, "lr_schedule": lr_schedule, "seed": seed,
                                       "device": device},
-                        "--", aug=aug_from_options(aug, aug_range, aug_p))
+                        "--", aug=aug_from_options(aug, aug_range, aug_p, aug_refit))
     set_threads(threads)
     run_dir = run_dir or Path("runs") / f"{default_variant(config)}-seed{seed}"
     logger(quiet)(f"training {model} with aug={aug} on {resolve_device(device)} -> {run_dir}")
@@ -326,6 +330,8 @@ def augment_preview(
     aug_range: Annotated[str | None, typer.Option(help="MIN,MAX stroke change, px.")] = None,
     aug_p: Annotated[float | None, typer.Option(
         help="Probability that a digit not redrawn by a pen keeps its strokes.")] = None,
+    aug_refit: Annotated[float | None, typer.Option(
+        help="Share of pen-redrawn digits re-fitted into their original's box.")] = None,
     digits: Annotated[int, typer.Option(help="Training digits (rows), 1-64.")] = 8,
     draws: Annotated[int, typer.Option(help="Random draws per digit (columns), 1-32.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the draws.")] = 0,
@@ -341,7 +347,7 @@ def augment_preview(
     if not 0 <= seed <= MAX_SEED:
         raise RobustMnistError(f"--seed {seed}: choose a seed in [0, {MAX_SEED}]")
     artifacts.check_replaceable(out_png, PNG_SIGNATURE, "PNG")
-    config = aug_from_options(aug, aug_range, aug_p)
+    config = aug_from_options(aug, aug_range, aug_p, aug_refit)
     images = load_split("train", data_dir, log=logger(quiet)).images[:digits]
     fig, deltas = preview_figure(images, config, draws, seed)
     save(fig, out_png)

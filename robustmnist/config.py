@@ -255,12 +255,15 @@ class TrainConfig:
         return d
 
 
-def aug_from_options(policy: str, aug_range: str | None, aug_p: float | None) -> AugConfig:
-    """The AugConfig for ``--aug``, ``--aug-range MIN,MAX`` and ``--aug-p`` (the policy's
-    defaults where unset).
+def aug_from_options(policy: str, aug_range: str | None, aug_p: float | None,
+                     aug_refit: float | None = None) -> AugConfig:
+    """The AugConfig for ``--aug``, ``--aug-range MIN,MAX``, ``--aug-p`` and ``--aug-refit``
+    (the policy's defaults where unset).
 
     >>> aug_from_options("thickness", "-1,1.5", None).delta_max_px
     1.5
+    >>> aug_from_options("fine-pen+thickness+affine", "-2,4", None, 0.8).pen_refit
+    0.8
     """
     lo = hi = None
     if aug_range is not None:
@@ -269,10 +272,11 @@ def aug_from_options(policy: str, aug_range: str | None, aug_p: float | None) ->
         except ValueError:
             raise RobustMnistError(f"--aug-range {aug_range!r}: expected MIN,MAX such as -1,2") from None
     try:
-        return AugConfig.from_policy(policy, delta_min_px=lo, delta_max_px=hi, p_untouched=aug_p)
+        return AugConfig.from_policy(policy, delta_min_px=lo, delta_max_px=hi, p_untouched=aug_p,
+                                     pen_refit=aug_refit)
     except RobustMnistError as err:
         # Name the option the user typed, not the field it sets.
         key, sep, reason = str(err).partition(": ")
         flag = {"delta_min_px": "--aug-range", "delta_max_px": "--aug-range",
-                "p_untouched": "--aug-p"}.get(key)
+                "p_untouched": "--aug-p", "pen_refit": "--aug-refit"}.get(key)
         raise RobustMnistError(f"{flag} ({key}): {reason}" if flag and sep else str(err)) from None

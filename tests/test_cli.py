@@ -93,7 +93,20 @@ def test_train_bad_input_is_one_clear_line(tmp_path, tiny_data_dir):
     assert "unknown augmentation 'blur'" in result.output and "Traceback" not in result.output
     result = invoke("train", "--aug-range", "1;2", "--out", tmp_path / "x")
     assert result.exit_code == 1 and "MIN,MAX" in result.output
+    result = invoke("train", "--aug", "thickness", "--aug-refit", "0.5", "--out", tmp_path / "x")
+    assert result.exit_code == 1 and "--aug-refit (pen_refit)" in result.output  # no pen to re-fit
+    result = invoke("train", "--aug", "thickness", "--aug-range", "-2,5", "--out", tmp_path / "x")
+    assert result.exit_code == 1 and "must be <= 4, got 5.0" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_train_aug_refit_and_the_thickest_rungs_reach_the_run(tmp_path, tiny_data_dir):
+    result = invoke("train", "--aug", "fine-pen+thickness+affine", "--aug-range", "-2,4",
+                    "--aug-refit", "0.8", "--epochs", "1", "--batch-size", "64", "--device", "cpu",
+                    "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    aug = load_checkpoint(tmp_path / "r").config.aug
+    assert (aug.delta_min_px, aug.delta_max_px, aug.pen_refit) == (-2.0, 4.0, 0.8)
 
 
 def test_eval_prints_the_checkpoints_accuracy(tmp_path, trained, tiny_arrays):
