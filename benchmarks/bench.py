@@ -94,6 +94,9 @@ VARIANTS: dict[str, tuple[str, dict[str, float]]] = {
     "fine-pen+erode2+affine": ("fine-pen+thickness+affine", {"delta_min_px": -2.0}),
     "fine-pen+erode2+dilate4+affine": ("fine-pen+thickness+affine",
                                        {"delta_min_px": -2.0, "delta_max_px": 4.0}),
+    "fine-pen+erode2+dilate4+refit80+affine": ("fine-pen+thickness+affine",
+                                               {"delta_min_px": -2.0, "delta_max_px": 4.0,
+                                                "pen_refit": 0.8}),
 }
 
 
@@ -246,7 +249,8 @@ def _label(name: str) -> str:
         return f"--aug {name}"
     policy, o = VARIANTS[name]
     lo, hi = o.get("delta_min_px", -1.0), o.get("delta_max_px", 2.0)
-    return f"variant {name} (--aug {policy} --aug-range {lo:g},{hi:g})"
+    refit = f" --aug-refit {o['pen_refit']:g}" if "pen_refit" in o else ""
+    return f"variant {name} (--aug {policy} --aug-range {lo:g},{hi:g}{refit})"
 
 
 def render(m: dict[str, Any]) -> str:
