@@ -7,8 +7,8 @@ of `--passes` passes per process. Also checks that both revisions draw bit-ident
 Each measurement is a fresh subprocess with ``PYTHONPATH`` set to the tree it times (the other
 revision is checked out with ``git worktree`` into a temporary folder), 2 torch threads.
 Writes ``benchmarks/results/aug-ab-<date>-<HHMM>.{json,md}``. A tree with
-``training.training_batches`` is timed through it (several batches per ``apply`` call, as its
-trainer does), an older one batch by batch, as its trainer did.
+``training.training_batches`` is timed through it (``AUG_GROUP`` batches per ``apply`` call,
+or ``BENCH_AUG_GROUP``, as its trainer does), an older one batch by batch, as its trainer did.
 Usage: ``python benchmarks/aug_ab.py [--base REV] [--rounds 1] [--passes 3]``. Run it alone
 on the machine.
 """
@@ -43,7 +43,7 @@ policies, passes = sys.argv[1].split(","), int(sys.argv[2])
 images = load_split("train").images
 atlas = training_atlas(images, default_data_dir())
 out = {"module": robustmnist.__file__, "seconds": {}, "hash": {}}
-try:  # the trainer's path: several batches per apply call (BENCH_AUG_GROUP of them)
+try:  # the trainer's path: AUG_GROUP batches per apply call (or BENCH_AUG_GROUP)
     from robustmnist import training
     grouped = training.training_batches
     group = int(os.environ.get("BENCH_AUG_GROUP") or training.AUG_GROUP)

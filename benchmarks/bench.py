@@ -88,8 +88,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-#: The studies' recommended variants (a policy with its own stroke range), measured like the
-#: policies: name -> (policy, AugConfig overrides).
+#: The studies' variants with their own stroke range (the classic net's recommendation, the
+#: dilate4 probe, the photo recommendation's augmentation), measured like the policies, on the
+#: baseline net like every row: name -> (policy, AugConfig overrides).
 VARIANTS: dict[str, tuple[str, dict[str, float]]] = {
     "fine-pen+erode2+affine": ("fine-pen+thickness+affine", {"delta_min_px": -2.0}),
     "fine-pen+erode2+dilate4+affine": ("fine-pen+thickness+affine",
@@ -248,9 +249,9 @@ def _label(name: str) -> str:
     if name not in VARIANTS:
         return f"--aug {name}"
     policy, o = VARIANTS[name]
-    lo, hi = o.get("delta_min_px", -1.0), o.get("delta_max_px", 2.0)
-    refit = f" --aug-refit {o['pen_refit']:g}" if "pen_refit" in o else ""
-    return f"variant {name} (--aug {policy} --aug-range {lo:g},{hi:g}{refit})"
+    c = aug_config(name)
+    refit = f" --aug-refit {c.pen_refit:g}" if "pen_refit" in o else ""
+    return f"variant {name} (--aug {policy} --aug-range {c.delta_min_px:g},{c.delta_max_px:g}{refit})"
 
 
 def render(m: dict[str, Any]) -> str:

@@ -4,14 +4,12 @@ and render its result. Only this module prints and chooses default paths."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from robustmnist import RobustMnistError, __version__
-from robustmnist.allocator import keep_freed_memory
 from robustmnist.config import MAX_SEED, POLICIES, aug_from_options
 from robustmnist.console import (
     RichProgress,
@@ -57,13 +55,6 @@ def main(version: Annotated[bool, typer.Option("--version", callback=_version,
                                                is_eager=True, help="Show the version.")] = False,
          ) -> None:
     """robustmnist: stroke-thickness robustness of MNIST classifiers."""
-    if {"--help", "-h"} & set(sys.argv[1:]):
-        return  # help is shown whatever the environment says (the subcommand parses it later)
-    try:
-        keep_freed_memory()  # a step's freed memory reused, not page-faulted in again
-    except RobustMnistError as error:
-        fail(str(error))
-        raise typer.Exit(1) from None
 
 
 def _floats(option: str, text: str) -> list[float]:
@@ -124,7 +115,8 @@ def train(
              "(default 0.2; pen redraws have their own share, p_pen).")] = None,
     aug_refit: Annotated[float | None, typer.Option(
         help="Share of pen-redrawn digits re-fitted into their original's box, as predict "
-             "size-normalises a photo (refit/fine-pen policies; default 0.5).")] = None,
+             "size-normalises a photo (pen policies; default: the policy's, 0.5 for refit-pen "
+             "and fine-pen, else 0).")] = None,
     epochs: Annotated[int, typer.Option(help="Passes over the 60,000 training images.")] = 20,
     batch_size: Annotated[int, typer.Option(help="Images per Adam step.")] = 512,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,

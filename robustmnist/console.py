@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from robustmnist import RobustMnistError
+from robustmnist.allocator import keep_freed_memory
 
 # markup=False: user text (file names like "scan[1].png", messages naming [[variants]]) is
 # printed as it is, never read as Rich markup.
@@ -31,15 +32,19 @@ def fail(message: str) -> None:
 
 
 def handles_errors(fn: F) -> F:
-    """One 'error: ...' line and exit code 1 for every failure; Ctrl-C (and SIGTERM, e.g. a
-    job scheduler's stop) exits 130 after the same clean-up. An unexpected exception also
-    saves its traceback to a file named in the message."""
+    """Every CLI command's wrapper: freed memory kept for reuse first (`allocator`; a
+    misspelt ``ROBUSTMNIST_MALLOC`` is an error here, so ``--help``, which Click answers
+    before any command runs, is shown whatever it says); then one 'error: ...' line and exit
+    code 1 for every failure; Ctrl-C (and SIGTERM, e.g. a job scheduler's stop) exits 130
+    after the same clean-up. An unexpected exception also saves its traceback to a file
+    named in the message."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
+            keep_freed_memory()  # a step's freed memory reused, not page-faulted in again
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise

@@ -138,8 +138,8 @@ LADDER_RANGE = (min(LADDER), max(LADDER))
 
 
 def next_step(rung: Rung, previous: torch.Tensor) -> torch.Tensor:
-    """Rung ``k`` (|k| >= 2) from rung ``k - 1``'s output: one more 2x2 op, anchored so the
-    windows add up to the k+1 square's (OpenCV anchor ``s // 2``: a 3x3 is a 2x2 then its
+    """Rung ``k`` (|k| >= 2) from the output of the rung one nearer 0: one more 2x2 op,
+    anchored so the windows add up to the |k|+1 square's (OpenCV anchor ``s // 2``: a 3x3 is a 2x2 then its
     mirror, a 4x4 the 3x3 then a 2x2, a 5x5 the 4x4 then a mirrored 2x2). Max/min over the
     same pixels, geodesic border: exact, at a fraction of the cost of the big square.
 
@@ -149,6 +149,7 @@ def next_step(rung: Rung, previous: torch.Tensor) -> torch.Tensor:
     >>> torch.equal(next_step(LADDER[4], next_step(LADDER[3], LADDER[2](x))), LADDER[4](x))
     True
     """
+    assert rung.shape == "square", "rungs are squares: the 2x2 steps compose only those"
     op = dilate if rung.op == "dilate" else erode
     return op(previous, "square", 2, mirrored=rung.size % 2 == 1)
 

@@ -46,8 +46,8 @@ METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_ac
 #: per-call overhead of the augmentation's small ops, with the same floats, but on the 2-core
 #: CPU measured no faster: the ops are bound by memory, and a 512-digit batch (1.6 MB a
 #: tensor) stays in cache where four do not (`benchmarks/results/aug-group-2026-12-02-0815.md`:
-#: 0.84-1.34x the one-batch time per policy). Worth measuring again on a GPU, where launches
-#: cost more (`benchmarks/aug_group.py`).
+#: at 4 per call 0.84-1.34x the one-batch time per policy, faster only for refit-pen). Worth
+#: measuring again on a GPU, where launches cost more (`benchmarks/aug_group.py`).
 AUG_GROUP = 1
 
 
@@ -65,6 +65,8 @@ def training_batches(images_u8: torch.Tensor, order: torch.Tensor, batch_size: i
     [(4, 1, 28, 28), (4, 1, 28, 28), (2, 1, 28, 28)]
     """
     group = AUG_GROUP if group is None else group
+    if group < 1:
+        raise ValueError(f"group: need at least 1 batch per call, got {group}")
     for start in range(0, len(order), batch_size * group):
         chunk = order[start:start + batch_size * group]
         parts = chunk.split(batch_size)

@@ -251,3 +251,9 @@ def test_a_grouped_epoch_trains_the_same_weights(tmp_path, tiny_splits, monkeypa
     wa = load_checkpoint(a.run_dir).state_dict
     wb = load_checkpoint(b.run_dir).state_dict
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_grouped_batches_refuse_a_group_below_one(tiny_splits):
+    images = tiny_splits["train"].images[:10]
+    with pytest.raises(ValueError, match="at least 1 batch per call, got 0"):
+        next(training_batches(images, torch.arange(10), 4, AugConfig(), torch.Generator(), group=0))
