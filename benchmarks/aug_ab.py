@@ -84,14 +84,24 @@ def timed(tree: Path, policies: list[str], passes: int, group: int | None = None
     return in_tree(tree, CHILD, [",".join(policies), str(passes)], env)
 
 
+def policy_options(parser: argparse.ArgumentParser) -> None:
+    """The options both augmentation benchmarks take: --passes and --policies."""
+    parser.add_argument("--passes", type=int, default=3, help="timed passes per process")
+    parser.add_argument("--policies", default=",".join(p for p in POLICIES if p != "none"))
+
+
+def policy_list(text: str) -> list[str]:
+    """``none`` (the baseline pass) first, then the --policies asked for."""
+    return ["none", *[p for p in text.split(",") if p and p != "none"]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--base", default="9068f3b", help="earlier revision to compare with")
     parser.add_argument("--rounds", type=int, default=1, help="A B B A rounds")
-    parser.add_argument("--passes", type=int, default=3, help="timed passes per process")
-    parser.add_argument("--policies", default=",".join(p for p in POLICIES if p != "none"))
+    policy_options(parser)
     args = parser.parse_args()
-    policies = ["none", *[p for p in args.policies.split(",") if p and p != "none"]]
+    policies = policy_list(args.policies)
     runs = alternate(args.base, args.rounds, lambda tree: timed(tree, policies, args.passes),
                      lambda r: {k: round(v, 3) for k, v in r["seconds"].items()})
     med = {w: {p: statistics.median(r["seconds"][p] for r in rs) for p in policies}

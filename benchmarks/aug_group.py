@@ -16,22 +16,20 @@ import statistics
 from typing import Any
 
 from ab import ROOT
-from aug_ab import RESULTS, timed
+from aug_ab import RESULTS, policy_list, policy_options, timed
 
 from robustmnist import artifacts
 from robustmnist.artifacts import git_revision, machine_info
-from robustmnist.config import POLICIES
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--groups", default="1,2,4,8", help="group sizes to compare")
     parser.add_argument("--rounds", type=int, default=2, help="rounds (each size once per round)")
-    parser.add_argument("--passes", type=int, default=3, help="timed passes per process")
-    parser.add_argument("--policies", default=",".join(p for p in POLICIES if p != "none"))
+    policy_options(parser)
     args = parser.parse_args()
     groups = [int(g) for g in args.groups.split(",")]
-    policies = ["none", *[p for p in args.policies.split(",") if p and p != "none"]]
+    policies = policy_list(args.policies)
     runs: dict[int, list[dict]] = {g: [] for g in groups}
     for r in range(args.rounds):
         for g in groups[r % len(groups):] + groups[:r % len(groups)]:
