@@ -230,6 +230,9 @@ def run_cmd(
     from robustmnist.experiments import load_experiment, resolve_path, run_experiment
 
     log = logger(quiet)
+    if experiment is not None and not experiment.strip():
+        raise RobustMnistError("experiment '': empty; pass a TOML file or a built-in name "
+                               "(quickstart, thickness), or nothing for the quickstart")
     exp = load_experiment(resolve_path(experiment), output)
     runner = make_executor(executor, jobs, address, cpus_per_run, gpus_per_run, log)
     outcome = run_experiment(exp, runner, data_dir=data_dir, log=log)

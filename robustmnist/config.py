@@ -271,6 +271,10 @@ def aug_from_options(policy: str, aug_range: str | None, aug_p: float | None,
             lo, hi = (float(v) for v in aug_range.split(","))
         except ValueError:
             raise RobustMnistError(f"--aug-range {aug_range!r}: expected MIN,MAX such as -1,2") from None
+    if aug_refit and policy in POLICIES and not POLICIES[policy].get("p_pen"):
+        pens = ", ".join(p for p, fields in POLICIES.items() if fields.get("p_pen"))
+        raise RobustMnistError(f"--aug-refit {aug_refit:g}: policy {policy!r} redraws no digit "
+                               f"with a pen; choose a pen policy ({pens}) or drop --aug-refit")
     try:
         return AugConfig.from_policy(policy, delta_min_px=lo, delta_max_px=hi, p_untouched=aug_p,
                                      pen_refit=aug_refit)

@@ -187,6 +187,9 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, force: bo
     be passed in (tests use tiny ones). `variant` names the configuration in reports (default:
     `default_variant`). One process at a time per run folder (a lock file).
     """
+    if resume and force:
+        raise RobustMnistError(f"{run_dir}: --resume and --force contradict (continue it, or "
+                               "start over and discard it); pass one")
     config = config.validate()
     run = RunDir(Path(run_dir))
     device = resolve_device(config.device)

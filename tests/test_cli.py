@@ -94,10 +94,17 @@ def test_train_bad_input_is_one_clear_line(tmp_path, tiny_data_dir):
     result = invoke("train", "--aug-range", "1;2", "--out", tmp_path / "x")
     assert result.exit_code == 1 and "MIN,MAX" in result.output
     result = invoke("train", "--aug", "thickness", "--aug-refit", "0.5", "--out", tmp_path / "x")
-    assert result.exit_code == 1 and "--aug-refit (pen_refit)" in result.output  # no pen to re-fit
+    assert result.exit_code == 1 and "redraws no digit with a pen; choose a pen policy" in result.output
     result = invoke("train", "--aug", "thickness", "--aug-range", "-2,5", "--out", tmp_path / "x")
     assert result.exit_code == 1 and "must be <= 4, got 5.0" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_run_refuses_an_empty_experiment_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("run", "")
+    assert result.exit_code == 1 and "experiment '': empty" in result.output
+    assert list(tmp_path.iterdir()) == []  # no quickstart started
 
 
 def test_train_aug_refit_and_the_thickest_rungs_reach_the_run(tmp_path, tiny_data_dir):

@@ -257,3 +257,9 @@ def test_grouped_batches_refuse_a_group_below_one(tiny_splits):
     images = tiny_splits["train"].images[:10]
     with pytest.raises(ValueError, match="at least 1 batch per call, got 0"):
         next(training_batches(images, torch.arange(10), 4, AugConfig(), torch.Generator(), group=0))
+
+
+def test_resume_and_force_together_are_refused_before_anything_is_touched(tmp_path, tiny_splits):
+    with pytest.raises(RobustMnistError, match="--resume and --force contradict"):
+        _train(tmp_path, tiny_splits, "both", resume=True, force=True)
+    assert not (tmp_path / "both").exists()
