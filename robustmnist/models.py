@@ -15,7 +15,8 @@ class BaselineConvNet(nn.Module):
     """conv 1->10 k5, ReLU, maxpool 2, conv 10->20 k3, ReLU, fc 2000->500, ReLU, fc 500->10.
 
     Returns log-probabilities (B, 10). 1,007,590 parameters. `width` multiplies the conv
-    channels (the ``wide`` model: 20 and 40, fc 4000->500, 2,013,270 parameters).
+    channels (the ``wide`` model: 20 and 40, fc 4000->500, 2,013,270 parameters; ``wide3``:
+    30 and 60, fc 6000->500, 3,022,550 parameters).
     """
 
     def __init__(self, width: int = 1) -> None:
@@ -56,6 +57,7 @@ def max_pool2x2(x: torch.Tensor) -> torch.Tensor:
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "baseline": BaselineConvNet,
     "wide": lambda: BaselineConvNet(width=2),   # a capacity probe: the same net, twice the channels
+    "wide3": lambda: BaselineConvNet(width=3),  # and three times: does capacity still pay?
 }
 
 

@@ -24,7 +24,8 @@ def test_channels_last_gives_same_output(name):
                                rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize(("name", "count"), [("baseline", 1_007_590), ("wide", 2_013_270)])
+@pytest.mark.parametrize(("name", "count"), [("baseline", 1_007_590), ("wide", 2_013_270),
+                                                    ("wide3", 3_022_550)])
 def test_parameter_count(name, count):
     assert count_parameters(build_model(name)) == count
 
