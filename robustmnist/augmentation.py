@@ -43,11 +43,11 @@ import torch
 import torch.nn.functional as F
 
 from robustmnist.config import POLICIES, AugConfig
-from robustmnist.morphology import apply_stroke_delta
-from robustmnist.pen import FINE_PEN_PX, PEN_RANGE, PenAtlas, build_atlas, draw
+from robustmnist.morphology import LADDER_RANGE, RungTable, apply_stroke_delta, rung_table
+from robustmnist.pen import FINE_PEN_PX, PEN_RANGE, PenAtlas, build_atlas, draw_profile
 
-__all__ = ["POLICIES", "AugConfig", "AugParams", "PenAtlas", "apply", "augment", "concat",
-           "preview", "sample"]
+__all__ = ["POLICIES", "AugConfig", "AugParams", "PenAtlas", "RungTable", "apply", "augment",
+           "concat", "preview", "rungs_for", "sample"]
 
 
 @dataclass(frozen=True)
@@ -146,15 +146,32 @@ def _box_side_px(ink: torch.Tensor) -> torch.Tensor:
     n = max(h, w)  # both profiles in one (B, 2, n) tensor (a shorter one padded with no ink)
     # Sums of the ink above the float just below half (> 0 exactly where some ink >= 0.5):
     # ~5x cheaper on the CPU than max over 28-wide rows.
-    below_half = torch.nextafter(torch.tensor(0.5, dtype=ink.dtype), torch.tensor(0.0, dtype=ink.dtype))
-    over = (ink - below_half.to(ink.device)).clamp_(min=0)
+    over = (ink - _below_half(ink.dtype, ink.device)).clamp_(min=0)
     inked = torch.zeros(ink.shape[0], 2, n, dtype=torch.bool, device=ink.device)
     inked[:, 0, :h] = over.sum(-1) > 0
     inked[:, 1, :w] = over.sum(-2) > 0
-    idx = torch.arange(n, device=ink.device)
+    return _side_px(inked, ink.dtype)
+
+
+def _below_half(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The float just below 0.5: ink > it exactly where ink >= 0.5."""
+    half, zero = torch.tensor(0.5, dtype=dtype), torch.tensor(0.0, dtype=dtype)
+    return torch.nextafter(half, zero).to(device)
+
+
+def _side_px(inked: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B,) the longer extent, first to last, of (B, 2, n) inked rows and columns."""
+    n = inked.shape[-1]
+    idx = torch.arange(n, device=inked.device)
     first = torch.where(inked, idx, n).amin(-1)
     last = torch.where(inked, idx, -1).amax(-1)
-    return (last - first + 1).clamp_(min=0).amax(-1).to(ink.dtype)
+    return (last - first + 1).clamp_(min=0).amax(-1).to(dtype)
+
+
+def _profile_side_px(peaks: torch.Tensor) -> torch.Tensor:
+    """`_box_side_px` of images from their strongest ink per row and column (B, 1, 2, n)
+    (``pen.draw_profile``): the same sides."""
+    return _side_px(peaks[:, 0] > _below_half(peaks.dtype, peaks.device), peaks.dtype)
 
 
 def _centre_xy(ink: torch.Tensor) -> torch.Tensor:
@@ -176,14 +193,17 @@ def _centre_xy(ink: torch.Tensor) -> torch.Tensor:
 REFIT_LIMIT = 1.6
 
 
-def refit_matrix(original: torch.Tensor, redrawn: torch.Tensor) -> torch.Tensor:
+def refit_matrix(original: torch.Tensor, redrawn: torch.Tensor,
+                 original_side: torch.Tensor | None = None,
+                 redrawn_side: torch.Tensor | None = None) -> torch.Tensor:
     """(B, 3, 3) forward pixel affines that fit each redrawn digit (B, 1, H, W) into its
     original's box: scaled by the ratio of their longer sides (whole pixels at half ink)
     about its centre of mass, which lands on the original's. This is approximately MNIST's
     size normalisation and centring as ``predict`` applies them to a photo of a digit written
     with that pen (predict measures sub-pixel edges). The stroke scales too: a 9-px pen
     re-fitted by 0.7 is about 6 px wide. A redrawn digit that runs past the field's edge has
-    its box underestimated (scaled down a little too little).
+    its box underestimated (scaled down a little too little). Box sides known beforehand
+    (`original_side`, `redrawn_side`, (B,)) are used as given.
 
     >>> orig = torch.zeros(1, 1, 28, 28); orig[..., 4:24, 2:6] = 1    # 20 px tall, x 3.5, y 13.5
     >>> wide = torch.zeros(1, 1, 28, 28); wide[..., 0:24, 0:8] = 1    # 24 px tall, x 3.5, y 11.5
@@ -191,7 +211,8 @@ def refit_matrix(original: torch.Tensor, redrawn: torch.Tensor) -> torch.Tensor:
     >>> round(float(m[0, 0]), 4), [round(float(v), 2) for v in m[:2, 2]]   # scale, (x, y) shift
     (0.8333, [0.58, 3.92])
     """
-    a, b = _box_side_px(original[:, 0]), _box_side_px(redrawn[:, 0])
+    a = _box_side_px(original[:, 0]) if original_side is None else original_side.to(original.dtype)
+    b = _box_side_px(redrawn[:, 0]) if redrawn_side is None else redrawn_side.to(redrawn.dtype)
     scale = torch.where((a > 0) & (b > 0), a / b.clamp(min=1), torch.ones_like(a))
     scale = scale.clamp(1 / REFIT_LIMIT, REFIT_LIMIT)
     c_new, c_old = _centre_xy(redrawn[:, 0]), _centre_xy(original[:, 0])
@@ -237,12 +258,28 @@ def _at_full_ink(ink: torch.Tensor) -> torch.Tensor:
     return ink.div_(ink.amax((-2, -1), keepdim=True).clamp_(min=1e-6)).clamp_(0, 1)
 
 
-def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None) -> torch.Tensor:
+def rungs_for(images_u8: torch.Tensor, config: AugConfig) -> RungTable | None:
+    """The `RungTable` of a training set's uint8 digits (N, 1, 28, 28) for the stroke levels
+    `config` draws (None when it draws none): built once per training run, it turns each
+    batch's stroke change into a gather and a blend (`apply`'s `rungs`), the same floats.
+    ~50 MB per rung for MNIST's 60,000 digits."""
+    lo = max(math.floor(config.delta_min_px), LADDER_RANGE[0])
+    hi = min(math.ceil(config.delta_max_px), LADDER_RANGE[1])
+    if lo == hi == 0 or config.p_untouched >= 1:
+        return None
+    return rung_table(images_u8, min(lo, 0), max(hi, 0))
+
+
+def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None,
+          rungs: RungTable | None = None) -> torch.Tensor:
     """Apply sampled parameters to images in [0, 1], (B, 1, H, W); same device and dtype.
 
     `atlas` holds the rows of these B digits (needed when `params` has pen widths): the pen
     redraw replaces a digit first, then come the stroke change and the affine; last, re-fitted
-    and fine-pen rows get their strongest ink back at full.
+    and fine-pen rows get their strongest ink back at full. `rungs` (optional), the rows of
+    these digits of a `RungTable` (``x`` = those digits over 255, as the trainer makes them),
+    serves the stroke change from the precomputed rungs: the same floats, a fraction of the
+    CPU time.
     """
     out = x
     refit: tuple[torch.Tensor, torch.Tensor] | None = None  # re-fitted rows, (R, 3, 3) affines
@@ -254,27 +291,42 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None) -> 
         rows = torch.nonzero((params.pen_width_px > 0) & atlas.drawable).flatten()
         if rows.numel():  # only the redrawn rows are rendered (each row's ink is its own)
             widths = params.pen_width_px.index_select(0, rows)
-            pens = draw(atlas[rows], widths).to(x.dtype)
+            drawn = atlas[rows]
+            pens, peaks = draw_profile(drawn, widths)  # and each row's and column's strongest ink
+            pens, peaks = pens.to(x.dtype), peaks.to(x.dtype)
             fine = widths < PEN_RANGE[0]  # (R,) within `rows`
             at_full = fine  # rows whose strongest ink is put back at full after the warp
             fine_rows = torch.nonzero(fine).flatten()
             if fine_rows.numel():  # a fine pen's render is faint (peak ~0.4-0.9): full ink now
                 pens.index_copy_(0, fine_rows, _at_full_ink(pens.index_select(0, fine_rows)))
+                peaks.index_copy_(0, fine_rows, _at_full_ink(peaks.index_select(0, fine_rows)))
             out = x.index_copy(0, rows, pens)
             if params.refit is not None:
                 picked = params.refit.index_select(0, rows)
                 chosen = torch.nonzero(picked).flatten()
                 if chosen.numel():
                     fit_rows = rows.index_select(0, chosen)
+                    # The boxes from the atlas: the originals' measured once, the redraws'
+                    # from their row and column maxima (the same sides as on the images).
+                    box = None if drawn.box_px is None else drawn.box_px.index_select(0, chosen)
                     refit = fit_rows, refit_matrix(x.index_select(0, fit_rows),
-                                                   pens.index_select(0, chosen))
+                                                   pens.index_select(0, chosen), box,
+                                                   _profile_side_px(peaks.index_select(0, chosen)))
                 at_full = fine | picked
             if bool(at_full.any()):
                 full = rows.index_select(0, torch.nonzero(at_full).flatten())
     changed = torch.nonzero(params.stroke_delta_px).flatten()
     if changed.numel():  # only those rows: a level of 0 is the identity (pen rows have 0)
-        moved = apply_stroke_delta(out.index_select(0, changed),
-                                   params.stroke_delta_px.index_select(0, changed))
+        levels = params.stroke_delta_px.index_select(0, changed)
+        if rungs is None:
+            moved = apply_stroke_delta(out.index_select(0, changed), levels)
+        else:  # the table's rungs are the original digits': no redrawn row may change stroke
+            if len(rungs) != x.shape[0]:
+                raise ValueError(f"the rung table has {len(rungs)} rows for {x.shape[0]} digits")
+            pens_too = params.pen_width_px
+            if pens_too is not None and bool((pens_too.index_select(0, changed) > 0).any()):
+                raise ValueError("a redrawn digit cannot also take a stroke change from the rung table")
+            moved = rungs.blend(changed, levels, out.dtype)
         # in place on a batch this call made (the redrawn one); the caller's `x` is copied
         out = out.index_copy_(0, changed, moved) if out is not x else out.index_copy(0, changed, moved)
     if params.affine is not None:

@@ -103,13 +103,30 @@ class PenAtlas:
             in 1/DIST_STEP px (255 = far; all 255 for a digit without a skeleton).
         knots: float32 (N, K + 1): measured thickness at render widths (1, *CALIBRATION_WIDTHS),
             strictly increasing; the first knot (1 px) is not measured (measurement floor).
+        profile: uint8 (N, 1, 2, 28): the nearest distance in each row (``[:, 0, 0]``) and
+            column (``[:, 0, 1]``), so a redraw's strongest ink per row and column, hence its
+            box, comes without the image (ink falls with the distance); derived from
+            `distance` when not given.
+        box_px: float32 (N,) or None: each original digit's box side (`digit_box_px`), for
+            re-fitting a redraw into it; None: measured on the batch.
     """
 
     distance: torch.Tensor
     knots: torch.Tensor
+    profile: torch.Tensor = None  # type: ignore[assignment]  # set in __post_init__
+    box_px: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.profile is None:
+            d = self.distance
+            object.__setattr__(self, "profile", torch.stack([d.amin(-1), d.amin(-2)], -2))
 
     def __len__(self) -> int:
         return int(self.distance.shape[0])
+
+    def _rows(self, take: Callable[[torch.Tensor], torch.Tensor]) -> PenAtlas:
+        return PenAtlas(take(self.distance), take(self.knots), take(self.profile),
+                        None if self.box_px is None else take(self.box_px))
 
     def __getitem__(self, idx: torch.Tensor | slice) -> PenAtlas:
         """The rows of a batch (e.g. the training batch's indices)."""
@@ -117,16 +134,43 @@ class PenAtlas:
             # index_select: the rows of a 1-d index of non-negative positions (a batch's),
             # as advanced indexing gives them, at a fraction of its CPU cost (6 vs 116 us
             # for 512 of 60,000 digits, 2026-12-02)
-            return PenAtlas(self.distance.index_select(0, idx), self.knots.index_select(0, idx))
-        return PenAtlas(self.distance[idx], self.knots[idx])
+            return self._rows(lambda t: t.index_select(0, idx))
+        return self._rows(lambda t: t[idx])
 
     def to(self, device: torch.device | str) -> PenAtlas:
-        return PenAtlas(self.distance.to(device), self.knots.to(device))
+        return self._rows(lambda t: t.to(device))
+
+    def with_boxes(self, images_u8: np.ndarray | torch.Tensor) -> PenAtlas:
+        """The atlas with its digits' box sides (`box_px`) from their uint8 pixels."""
+        images = torch.as_tensor(np.asarray(images_u8)).reshape(len(self), 1, 28, 28)
+        return PenAtlas(self.distance, self.knots, self.profile,
+                        digit_box_px(images).to(self.distance.device))
 
     @property
     def drawable(self) -> torch.Tensor:
         """(N,) bool: the digit has a skeleton to redraw."""
         return torch.isfinite(self.knots[:, -1])
+
+
+def digit_box_px(images_u8: torch.Tensor) -> torch.Tensor:
+    """(N,) float32: the longer side of each uint8 digit's (N, 1, H, W) box, whole px: rows and
+    columns with a pixel at half ink or more (>= 128: 128 / 255 is the first over 0.5), first to
+    last; 0 for a blank digit. ``augmentation.refit_matrix`` measures the same on [0, 1] images.
+
+    >>> d = torch.zeros(2, 1, 28, 28, dtype=torch.uint8); d[0, 0, 4:24, 10:14] = 128
+    >>> d[1, 0, 3, 3] = 127
+    >>> digit_box_px(d).tolist()
+    [20.0, 0.0]
+    """
+    inked = images_u8[:, 0] >= 128
+    sides = []
+    for profile in (inked.any(-1), inked.any(-2)):
+        n = profile.shape[-1]
+        idx = torch.arange(n, device=profile.device)
+        first = torch.where(profile, idx, n).amin(-1)
+        last = torch.where(profile, idx, -1).amax(-1)
+        sides.append((last - first + 1).clamp_(min=0))
+    return torch.maximum(*sides).to(torch.float32)
 
 
 def render(distance: torch.Tensor, width_px: torch.Tensor) -> torch.Tensor:
@@ -167,6 +211,14 @@ def draw(atlas: PenAtlas, pen_width_px: torch.Tensor) -> torch.Tensor:
     return render(atlas.distance, render_width(atlas.knots, pen_width_px))
 
 
+def draw_profile(atlas: PenAtlas, pen_width_px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`draw` and the strongest ink of each row and column of it, (B, 1, 2, 28): the same
+    floats as the maxima over the drawn image (the ink of the row's nearest distance), at a
+    28th of the work."""
+    width = render_width(atlas.knots, pen_width_px)
+    return render(atlas.distance, width), render(atlas.profile, width)
+
+
 def _atlas_chunk(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(distance uint8 (n, 28, 28), knots float32 (n, K + 1)) of digits (numpy only: runs in
     forked workers)."""
@@ -200,7 +252,7 @@ def build_atlas(images: np.ndarray, workers: int | None = None) -> PenAtlas:
     parts = map_chunks(_atlas_chunk, images, workers)
     distance = np.concatenate([d for d, _ in parts])
     knots = np.concatenate([k for _, k in parts])
-    return PenAtlas(torch.from_numpy(distance).unsqueeze(1), torch.from_numpy(knots))
+    return PenAtlas(torch.from_numpy(distance).unsqueeze(1), torch.from_numpy(knots)).with_boxes(images)
 
 
 def atlas_id(images: np.ndarray) -> str:
@@ -247,7 +299,7 @@ def load_or_build_atlas(images: np.ndarray, cache_dir: Path | None, workers: int
     path = atlas_path(cache_dir, images)
     # A valid cached atlas is read without the lock: a read-only data folder serves as is.
     if path.exists() and (cached := _load_atlas(path, len(images))) is not None:
-        return cached, False
+        return cached.with_boxes(images), False
     lock = FileLock(f"{path}.lock")  # a second training waits for the first one's atlas
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -256,7 +308,7 @@ def load_or_build_atlas(images: np.ndarray, cache_dir: Path | None, workers: int
         raise artifacts.write_error(path, err) from None
     try:
         if path.exists() and (cached := _load_atlas(path, len(images))) is not None:
-            return cached, False  # built meanwhile by the holder of the lock
+            return cached.with_boxes(images), False  # built meanwhile by the holder of the lock
         why = "unreadable or failing its checksum: rebuilding it" if path.exists() else "once"
         log(f"building the pen atlas of {len(images):,} digits (skeletons and calibration, {why}; "
             f"cached in {path.parent})")

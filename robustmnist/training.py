@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustmnist import RobustMnistError, __version__, artifacts
-from robustmnist.augmentation import apply, concat, sample
+from robustmnist.augmentation import RungTable, apply, concat, rungs_for, sample
 from robustmnist.checkpoint import Classifier, load_checkpoint, normalise, save_checkpoint, to_unit
 from robustmnist.config import AugConfig, TrainConfig
 from robustmnist.data import MnistSplit, load_split
@@ -53,10 +53,12 @@ AUG_GROUP = 1
 
 def training_batches(images_u8: torch.Tensor, order: torch.Tensor, batch_size: int,
                      config: AugConfig, generator: torch.Generator, atlas: PenAtlas | None = None,
-                     group: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                     group: int | None = None, rungs: RungTable | None = None,
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(indices, images in [0, 1]) of each batch of `order`, augmented exactly as batch by
     batch ``augment`` would: each batch's parameters are drawn in turn from `generator`, then
     `group` (default `AUG_GROUP`) batches are applied in one call (`augmentation.concat`).
+    `atlas` and `rungs` (`stroke_rungs`) are the whole set's; the batches' rows are taken.
 
     >>> images = torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8)
     >>> g = torch.Generator().manual_seed(0)
@@ -73,8 +75,17 @@ def training_batches(images_u8: torch.Tensor, order: torch.Tensor, batch_size: i
         x = to_unit(images_u8.index_select(0, chunk))  # = images_u8[chunk], ~10x cheaper
         if not config.is_identity:
             params = concat([sample(config, len(part), generator) for part in parts])
-            x = apply(x, params, None if atlas is None else atlas[chunk])
+            x = apply(x, params, None if atlas is None else atlas[chunk],
+                      None if rungs is None else rungs[chunk])
         yield from zip(parts, x.split(batch_size), strict=True)
+
+
+def stroke_rungs(images_u8: torch.Tensor, config: AugConfig) -> RungTable | None:
+    """The rungs the trainer serves the stroke change from, or None: on the CPU, where the
+    per-batch rung chain costs ~4x the gather and blend (``benchmarks/``), for a policy that
+    changes strokes. On a GPU the chain runs per batch in Kornia (cheap there; not measured
+    with the table)."""
+    return rungs_for(images_u8, config) if images_u8.device.type == "cpu" else None
 
 
 def epoch_generator(seed: int, epoch: int, stream: int, device: torch.device) -> torch.Generator:
@@ -235,6 +246,7 @@ def _train_locked(config: TrainConfig, run: RunDir, device: torch.device, *, res
     # Built after the checks: a run that cannot resume is refused before a long atlas build.
     pen_atlas = (training_atlas(train_split.images, data_dir, log).to(device)
                  if atlas is not None else None)  # pen policies: skeletons, built once
+    rungs = stroke_rungs(train_split.images, config.aug)  # stroke rungs, built once (the CPU)
 
     meta = {**artifacts.provenance(device), "data_md5": {**train_split.md5, **test_split.md5},
             "variant": variant or default_variant(config), "run_name": run.root.name}
@@ -244,7 +256,7 @@ def _train_locked(config: TrainConfig, run: RunDir, device: torch.device, *, res
     t_run = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         metrics.append(_one_epoch(model, optimizer, config, epoch, train_split, test_split,
-                                  device, progress, pen_atlas))
+                                  device, progress, pen_atlas, rungs))
         # Metrics first, then the checkpoint: the checkpoint's epoch says which rows count.
         _write_metrics(run.metrics, metrics)
         save_checkpoint(run.checkpoint, model, optimizer, config, epoch + 1, meta)
@@ -292,7 +304,8 @@ def _resume(run: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer,
 def _one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
                epoch: int, train_split: MnistSplit, test_split: MnistSplit,
                device: torch.device, progress: Progress,
-               pen_atlas: PenAtlas | None = None) -> dict[str, float]:
+               pen_atlas: PenAtlas | None = None,
+               rungs: RungTable | None = None) -> dict[str, float]:
     """One pass over the training set, then the test set; returns the metrics row."""
     model.train()
     order_gen = epoch_generator(config.seed, epoch, 0, device)
@@ -306,7 +319,7 @@ def _one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: Train
     scheduled = config.lr_schedule != "constant"  # the classic recipe leaves Adam's lr alone
     t0 = time.perf_counter()
     batches = training_batches(train_split.images, perm, config.batch_size, config.aug, aug_gen,
-                               pen_atlas)
+                               pen_atlas, rungs=rungs)
     for step, (idx, x) in enumerate(batches):  # x: (B, 1, 28, 28) in [0, 1], augmented
         if scheduled:
             for group in optimizer.param_groups:

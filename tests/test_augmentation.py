@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -13,11 +14,12 @@ from robustmnist.augmentation import (
     augment,
     concat,
     preview,
+    rungs_for,
     sample,
     warp,
 )
 from robustmnist.morphology import apply_stroke_delta
-from robustmnist.pen import PEN_RANGE, build_atlas, draw
+from robustmnist.pen import PEN_RANGE, PenAtlas, build_atlas, draw
 
 
 def _batch(device, n=32):
@@ -408,3 +410,50 @@ def test_concat_joins_every_field_in_order():
     joined = concat(parts)
     for f in dataclasses.fields(AugParams):
         assert torch.equal(getattr(joined, f.name), torch.cat([getattr(p, f.name) for p in parts])), f.name
+
+
+@pytest.mark.parametrize("policy", [p for p in POLICIES if AugConfig.from_policy(p).p_pen > 0])
+def test_atlas_boxes_give_the_refits_of_the_measured_boxes_to_the_bit(policy):
+    """Re-fit boxes from the atlas (the original's once, the redraw's from its row and column
+    maxima) are the boxes measured on the batch: the same floats, fine and wide pens alike."""
+    config = AugConfig.from_policy(policy, pen_refit=0.9, pen_fine=0.3)
+    x = _batch("cpu", 64)
+    atlas = _atlas(x)
+    measured = PenAtlas(atlas.distance, atlas.knots)  # no boxes: measured on the images
+    assert measured.box_px is None and atlas.box_px is not None
+    params = sample(config, 64, torch.Generator().manual_seed(3))
+    assert int(params.refit.sum()) > 10 and int((params.pen_width_px < PEN_RANGE[0]).sum()) > 3
+    assert torch.equal(apply(x, params, atlas), apply(x, params, measured))
+
+
+@pytest.mark.parametrize("policy", [p for p in POLICIES if AugConfig.from_policy(p).delta_max_px
+                                    or AugConfig.from_policy(p).delta_min_px])
+def test_rung_table_gives_the_stroke_changes_of_the_chain_to_the_bit(policy):
+    config = AugConfig.from_policy(policy)
+    x = _batch("cpu", 64)
+    u = x.mul(255).round().to(torch.uint8)
+    x = u.float() / 255.0  # the trainer's batch: the digits over 255
+    atlas = _atlas(x) if config.p_pen else None
+    table = rungs_for(u, config)
+    assert table is not None and (table.lo, table.hi) == (math.floor(config.delta_min_px),
+                                                          math.ceil(config.delta_max_px))
+    params = sample(config, 64, torch.Generator().manual_seed(4))
+    assert int((params.stroke_delta_px != 0).sum()) > 10
+    assert torch.equal(apply(x, params, atlas, table), apply(x, params, atlas))
+    with pytest.raises(ValueError, match="rung table has 63 rows for 64 digits"):
+        apply(x, params, atlas, table[torch.arange(63)])
+
+
+def test_rung_table_refuses_a_stroke_change_on_a_redrawn_digit():
+    x = _batch("cpu", 4)
+    table = rungs_for(x.mul(255).round().to(torch.uint8), AugConfig.from_policy("thickness"))
+    both = AugParams(torch.tensor([1.0, 0.0, 0.0, 0.0]), None, torch.tensor([3.0, 0.0, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="redrawn digit cannot also take a stroke change"):
+        apply(x, both, _atlas(x), table)
+
+
+def test_policies_without_stroke_changes_build_no_rung_table():
+    u = torch.zeros(3, 1, 28, 28, dtype=torch.uint8)
+    assert rungs_for(u, AugConfig.from_policy("pen")) is None
+    assert rungs_for(u, AugConfig.from_policy("thickness", p_untouched=1.0)) is None
+    assert rungs_for(u, AugConfig.from_policy("none")) is None

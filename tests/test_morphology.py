@@ -129,3 +129,40 @@ def test_bad_inputs():
         apply_stroke_delta(torch.zeros(2, 1, 5, 5), torch.zeros(3))
     with pytest.raises(ValueError, match="shape"):
         element("star", 3)  # type: ignore[arg-type]
+
+
+def _digits_u8(n=200, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u = (torch.rand(n, 1, 16, 16, generator=g) ** 3 * 255).round().to(torch.uint8)
+    u[torch.rand(u.shape, generator=g) < 0.5] = 0
+    return u
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(-2, 4), (-1, 2), (0, 2), (-1, 0), (-2, 0), (0, 4), (0, 0)])
+def test_rung_table_blend_is_the_rung_chain_to_the_bit(lo, hi):
+    """The trainer's table (rungs of the uint8 pixels, two gathered and blended) gives the
+    floats of `apply_stroke_delta` on the digits over 255, integer levels and both ends
+    included, for any batch of rows of any subset of the set."""
+    u = _digits_u8()
+    x = u.float() / 255.0
+    table = morphology.rung_table(u, lo, hi, chunk=64)  # chunks: a ragged last one too
+    assert table.rungs.shape == (200, hi - lo + 1, 16, 16) and (table.lo, table.hi) == (lo, hi)
+    g = torch.Generator().manual_seed(1)
+    levels = lo + (hi - lo) * torch.rand(200, generator=g)
+    levels[:7] = torch.arange(-2.0, 5.0).clamp(lo, hi)
+    got = table.blend(torch.arange(200), levels)
+    assert torch.equal(got, apply_stroke_delta(x, levels))
+    subset = torch.randperm(200, generator=g)[:60]
+    rows = torch.tensor([3, 0, 59, 17, 17])
+    assert torch.equal(table[subset].blend(rows, levels[subset][rows]),
+                       apply_stroke_delta(x[subset][rows], levels[subset][rows]))
+
+
+def test_rung_table_refuses_levels_and_inputs_outside_it():
+    table = morphology.rung_table(_digits_u8(4), -1, 2)
+    with pytest.raises(ValueError, match=r"outside the rung table's \[-1, 2\]"):
+        table.blend(torch.arange(2), torch.tensor([0.5, 2.5]))
+    with pytest.raises(ValueError, match="need -2 <= lo <= 0 <= hi <= 4"):
+        morphology.rung_table(_digits_u8(4), 1, 2)
+    with pytest.raises(ValueError, match="uint8 digits"):
+        morphology.rung_table(torch.zeros(4, 1, 8, 8), 0, 1)

@@ -181,3 +181,29 @@ def real_atlas() -> pen.PenAtlas:
     from robustmnist.data import load_split
 
     return pen.build_atlas(load_split("train").images[:300, 0].numpy())
+
+
+def test_profile_is_the_strongest_ink_of_each_row_and_column_to_the_bit(strokes_atlas):
+    widths = torch.tensor([0.5, 2.0, 4.5, 9.0])  # a fine pen too
+    ink, peaks = pen.draw_profile(strokes_atlas, widths)
+    assert torch.equal(ink, pen.draw(strokes_atlas, widths))
+    assert torch.equal(peaks[:, 0, 0], ink[:, 0].amax(-1)) and torch.equal(peaks[:, 0, 1], ink[:, 0].amax(-2))
+    rows = strokes_atlas[torch.tensor([3, 1])]  # rows carry their profile and box
+    assert torch.equal(rows.profile, strokes_atlas.profile[[3, 1]])
+    assert torch.equal(rows.box_px, strokes_atlas.box_px[[3, 1]])
+
+
+def test_digit_box_is_the_half_ink_box_of_the_batch():
+    from robustmnist.augmentation import _box_side_px
+    from robustmnist.checkpoint import to_unit
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.zeros(64, 1, 28, 28, dtype=torch.uint8)
+    for i in range(64):  # a random rectangle of 127s (under half ink) and 128s (at it)
+        r0, c0 = torch.randint(0, 20, (2,), generator=g).tolist()
+        u[i, 0, r0:r0 + 1 + i % 8, c0:c0 + 1 + i % 5] = 128 if i % 3 else 127
+    u[5] = 0
+    assert torch.equal(pen.digit_box_px(u), _box_side_px(to_unit(u)[:, 0]))
+    assert pen.digit_box_px(u)[3].item() == 0 and pen.digit_box_px(u)[4].item() == 5
+    assert torch.equal(pen.build_atlas(_strokes(), workers=1).box_px, pen.digit_box_px(
+        torch.from_numpy(_strokes()).unsqueeze(1)))

@@ -234,12 +234,14 @@ def test_grouped_batches_are_the_batches_augmented_one_by_one_to_the_bit(tiny_sp
     alone, g = [], torch.Generator().manual_seed(5)
     for part in order.split(32):
         alone.append(augment(to_unit(images[part]), config, g, None if atlas is None else atlas[part]))
-    for group in (1, 3, 8):
+    rungs = training.stroke_rungs(images, config)  # the trainer's stroke rungs (CPU)
+    assert (rungs is None) == (policy in ("none", "pen"))
+    for group, table in ((1, None), (3, None), (8, None), (1, rungs), (3, rungs)):
         g = torch.Generator().manual_seed(5)
-        got = list(training_batches(images, order, 32, config, g, atlas, group=group))
+        got = list(training_batches(images, order, 32, config, g, atlas, group=group, rungs=table))
         assert [len(i) for i, _ in got] == [32] * 7 + [6]
         for (idx, x), part, expected in zip(got, order.split(32), alone, strict=True):
-            assert torch.equal(idx, part) and torch.equal(x, expected), (group, len(idx))
+            assert torch.equal(idx, part) and torch.equal(x, expected), (group, table is None, len(idx))
 
 
 def test_a_grouped_epoch_trains_the_same_weights(tmp_path, tiny_splits, monkeypatch):
