@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from robustmnist.config import POLICIES, AugConfig
 from robustmnist.morphology import LADDER_RANGE, RungTable, apply_stroke_delta, rung_table
-from robustmnist.pen import FINE_PEN_PX, PEN_RANGE, PenAtlas, build_atlas, draw_profile
+from robustmnist.pen import FINE_PEN_PX, PEN_RANGE, PenAtlas, build_atlas, centre_xy, draw_profile
 
 __all__ = ["POLICIES", "AugConfig", "AugParams", "PenAtlas", "RungTable", "apply", "augment",
            "concat", "preview", "rungs_for", "sample"]
@@ -171,22 +171,7 @@ def _side_px(inked: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _profile_side_px(peaks: torch.Tensor) -> torch.Tensor:
     """`_box_side_px` of images from their strongest ink per row and column (B, 1, 2, n)
     (``pen.draw_profile``): the same sides."""
-    return _side_px(peaks[:, 0] > _below_half(peaks.dtype, peaks.device), peaks.dtype)
-
-
-def _centre_xy(ink: torch.Tensor) -> torch.Tensor:
-    """(B, 2) ink-weighted centre, (x, y) = (column, row) pixel coordinates as `warp`'s
-    affines use them (``predict.centre_of_mass`` returns (row, col)); the image centre for a
-    blank digit."""
-    h, w = ink.shape[-2:]
-    mass = ink.sum((-2, -1))
-    ys = torch.arange(h, device=ink.device, dtype=ink.dtype)
-    xs = torch.arange(w, device=ink.device, dtype=ink.dtype)
-    cx = (ink.sum(-2) * xs).sum(-1) / mass
-    cy = (ink.sum(-1) * ys).sum(-1) / mass
-    centre = torch.stack([cx, cy], 1)
-    return torch.where(mass.unsqueeze(1) > 0, centre,
-                       torch.tensor([(w - 1) / 2, (h - 1) / 2], device=ink.device, dtype=ink.dtype))
+    return _side_px(peaks[:, 0] >= 0.5, peaks.dtype)  # = ink > the float below half
 
 
 #: Re-fitting scales a redrawn digit by at most this factor either way.
@@ -195,15 +180,17 @@ REFIT_LIMIT = 1.6
 
 def refit_matrix(original: torch.Tensor, redrawn: torch.Tensor,
                  original_side: torch.Tensor | None = None,
-                 redrawn_side: torch.Tensor | None = None) -> torch.Tensor:
+                 redrawn_side: torch.Tensor | None = None,
+                 original_centre: torch.Tensor | None = None) -> torch.Tensor:
     """(B, 3, 3) forward pixel affines that fit each redrawn digit (B, 1, H, W) into its
     original's box: scaled by the ratio of their longer sides (whole pixels at half ink)
     about its centre of mass, which lands on the original's. This is approximately MNIST's
     size normalisation and centring as ``predict`` applies them to a photo of a digit written
     with that pen (predict measures sub-pixel edges). The stroke scales too: a 9-px pen
     re-fitted by 0.7 is about 6 px wide. A redrawn digit that runs past the field's edge has
-    its box underestimated (scaled down a little too little). Box sides known beforehand
-    (`original_side`, `redrawn_side`, (B,)) are used as given.
+    its box underestimated (scaled down a little too little). Box sides and the original's
+    centre known beforehand (`original_side`, `redrawn_side`, (B,); `original_centre`, (B, 2))
+    are used as given.
 
     >>> orig = torch.zeros(1, 1, 28, 28); orig[..., 4:24, 2:6] = 1    # 20 px tall, x 3.5, y 13.5
     >>> wide = torch.zeros(1, 1, 28, 28); wide[..., 0:24, 0:8] = 1    # 24 px tall, x 3.5, y 11.5
@@ -215,7 +202,8 @@ def refit_matrix(original: torch.Tensor, redrawn: torch.Tensor,
     b = _box_side_px(redrawn[:, 0]) if redrawn_side is None else redrawn_side.to(redrawn.dtype)
     scale = torch.where((a > 0) & (b > 0), a / b.clamp(min=1), torch.ones_like(a))
     scale = scale.clamp(1 / REFIT_LIMIT, REFIT_LIMIT)
-    c_new, c_old = _centre_xy(redrawn[:, 0]), _centre_xy(original[:, 0])
+    c_new = centre_xy(redrawn[:, 0])
+    c_old = centre_xy(original[:, 0]) if original_centre is None else original_centre.to(original.dtype)
     shift = c_old - scale.unsqueeze(1) * c_new
     m = torch.zeros(len(scale), 3, 3, device=scale.device, dtype=scale.dtype)
     m[:, 0, 0], m[:, 1, 1], m[:, 2, 2] = scale, scale, 1
@@ -306,12 +294,16 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None,
                 chosen = torch.nonzero(picked).flatten()
                 if chosen.numel():
                     fit_rows = rows.index_select(0, chosen)
-                    # The boxes from the atlas: the originals' measured once, the redraws'
-                    # from their row and column maxima (the same sides as on the images).
+                    # The boxes from the atlas: the originals' measured once (and their
+                    # float32 centres), the redraws' from their row and column maxima: the
+                    # same sides and centres as measured on the images.
                     box = None if drawn.box_px is None else drawn.box_px.index_select(0, chosen)
+                    centre = (drawn.centre_xy.index_select(0, chosen) if drawn.centre_xy is not None
+                              and x.dtype == drawn.centre_xy.dtype else None)
                     refit = fit_rows, refit_matrix(x.index_select(0, fit_rows),
                                                    pens.index_select(0, chosen), box,
-                                                   _profile_side_px(peaks.index_select(0, chosen)))
+                                                   _profile_side_px(peaks.index_select(0, chosen)),
+                                                   centre)
                 at_full = fine | picked
             if bool(at_full.any()):
                 full = rows.index_select(0, torch.nonzero(at_full).flatten())

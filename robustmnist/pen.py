@@ -109,12 +109,15 @@ class PenAtlas:
             `distance` when not given.
         box_px: float32 (N,) or None: each original digit's box side (`digit_box_px`), for
             re-fitting a redraw into it; None: measured on the batch.
+        centre_xy: float32 (N, 2) or None: each original digit's ink centre (`centre_xy` of
+            the digit over 255, as the trainer's batches hold it); None: measured on the batch.
     """
 
     distance: torch.Tensor
     knots: torch.Tensor
     profile: torch.Tensor = None  # type: ignore[assignment]  # set in __post_init__
     box_px: torch.Tensor | None = None
+    centre_xy: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.profile is None:
@@ -126,7 +129,8 @@ class PenAtlas:
 
     def _rows(self, take: Callable[[torch.Tensor], torch.Tensor]) -> PenAtlas:
         return PenAtlas(take(self.distance), take(self.knots), take(self.profile),
-                        None if self.box_px is None else take(self.box_px))
+                        None if self.box_px is None else take(self.box_px),
+                        None if self.centre_xy is None else take(self.centre_xy))
 
     def __getitem__(self, idx: torch.Tensor | slice) -> PenAtlas:
         """The rows of a batch (e.g. the training batch's indices)."""
@@ -141,15 +145,35 @@ class PenAtlas:
         return self._rows(lambda t: t.to(device))
 
     def with_boxes(self, images_u8: np.ndarray | torch.Tensor) -> PenAtlas:
-        """The atlas with its digits' box sides (`box_px`) from their uint8 pixels."""
+        """The atlas with its digits' box sides and centres (`box_px`, `centre_xy`) from their
+        uint8 pixels (N, 28, 28) or (N, 1, 28, 28)."""
         images = torch.as_tensor(np.asarray(images_u8)).reshape(len(self), 1, 28, 28)
+        centres = torch.cat([centre_xy(part[:, 0].float() / 255.0) for part in images.split(4096)]
+                            ) if len(images) else torch.zeros(0, 2)
+        device = self.distance.device
         return PenAtlas(self.distance, self.knots, self.profile,
-                        digit_box_px(images).to(self.distance.device))
+                        digit_box_px(images).to(device), centres.to(device))
 
     @property
     def drawable(self) -> torch.Tensor:
         """(N,) bool: the digit has a skeleton to redraw."""
         return torch.isfinite(self.knots[:, -1])
+
+
+def centre_xy(ink: torch.Tensor) -> torch.Tensor:
+    """(B, 2) ink-weighted centre of images (B, H, W), (x, y) = (column, row) pixel
+    coordinates as ``augmentation.warp``'s affines use them (``predict.centre_of_mass``
+    returns (row, col)); the image centre for a blank digit. Each row's centre is the same
+    floats whatever else is in the batch (tests/test_pen.py)."""
+    h, w = ink.shape[-2:]
+    mass = ink.sum((-2, -1))
+    ys = torch.arange(h, device=ink.device, dtype=ink.dtype)
+    xs = torch.arange(w, device=ink.device, dtype=ink.dtype)
+    cx = (ink.sum(-2) * xs).sum(-1) / mass
+    cy = (ink.sum(-1) * ys).sum(-1) / mass
+    centre = torch.stack([cx, cy], 1)
+    return torch.where(mass.unsqueeze(1) > 0, centre,
+                       torch.tensor([(w - 1) / 2, (h - 1) / 2], device=ink.device, dtype=ink.dtype))
 
 
 def digit_box_px(images_u8: torch.Tensor) -> torch.Tensor:
@@ -184,6 +208,16 @@ def render(distance: torch.Tensor, width_px: torch.Tensor) -> torch.Tensor:
     return (edge - distance.to(torch.float32) / DIST_STEP).clamp_(0, 1)
 
 
+_KNOT_WIDTHS: dict[torch.device, torch.Tensor] = {}
+
+
+def _knot_widths(device: torch.device) -> torch.Tensor:
+    """The render widths of the calibration knots, float32, on `device` (made once there)."""
+    if device not in _KNOT_WIDTHS:
+        _KNOT_WIDTHS[device] = torch.tensor((PEN_RANGE[0], *CALIBRATION_WIDTHS), device=device)
+    return _KNOT_WIDTHS[device]
+
+
 def render_width(knots: torch.Tensor, pen_width_px: torch.Tensor) -> torch.Tensor:
     """The render width (B,) that measures `pen_width_px` (B,) on each digit (piecewise linear
     in its calibration `knots` (B, K + 1); clamped to the calibrated range). A fine pen, below
@@ -193,13 +227,13 @@ def render_width(knots: torch.Tensor, pen_width_px: torch.Tensor) -> torch.Tenso
     >>> render_width(knots.expand(3, -1), torch.tensor([0.5, 3.0, 9.0])).tolist()
     [0.5, 2.5, 8.5]
     """
-    widths = torch.tensor((PEN_RANGE[0], *CALIBRATION_WIDTHS), device=knots.device)
+    widths = _knot_widths(knots.device)
     safe = torch.where(torch.isfinite(knots), knots, widths)  # undrawable rows: any numbers
     pen = pen_width_px.to(torch.float32)
     w = torch.minimum(torch.maximum(pen, safe[:, 0]), safe[:, -1])
     upper = torch.searchsorted(safe, w.unsqueeze(1)).clamp_(1, len(widths) - 1)  # (B, 1)
     x0, x1 = safe.gather(1, upper - 1)[:, 0], safe.gather(1, upper)[:, 0]
-    y0, y1 = widths[upper - 1][:, 0], widths[upper][:, 0]
+    y0, y1 = widths.index_select(0, upper[:, 0] - 1), widths.index_select(0, upper[:, 0])
     calibrated = y0 + (y1 - y0) * (w - x0) / (x1 - x0)
     return torch.where(pen < PEN_RANGE[0], pen, calibrated)
 

@@ -414,10 +414,11 @@ def test_concat_joins_every_field_in_order():
 
 @pytest.mark.parametrize("policy", [p for p in POLICIES if AugConfig.from_policy(p).p_pen > 0])
 def test_atlas_boxes_give_the_refits_of_the_measured_boxes_to_the_bit(policy):
-    """Re-fit boxes from the atlas (the original's once, the redraw's from its row and column
-    maxima) are the boxes measured on the batch: the same floats, fine and wide pens alike."""
+    """Re-fit boxes from the atlas (the original's box and centre once, the redraw's box from
+    its row and column maxima) are those measured on the batch: the same floats, fine and wide
+    pens alike."""
     config = AugConfig.from_policy(policy, pen_refit=0.9, pen_fine=0.3)
-    x = _batch("cpu", 64)
+    x = _batch("cpu", 64).mul(255).round().div(255)  # the trainer's batch: the digits over 255
     atlas = _atlas(x)
     measured = PenAtlas(atlas.distance, atlas.knots)  # no boxes: measured on the images
     assert measured.box_px is None and atlas.box_px is not None

@@ -207,3 +207,14 @@ def test_digit_box_is_the_half_ink_box_of_the_batch():
     assert pen.digit_box_px(u)[3].item() == 0 and pen.digit_box_px(u)[4].item() == 5
     assert torch.equal(pen.build_atlas(_strokes(), workers=1).box_px, pen.digit_box_px(
         torch.from_numpy(_strokes()).unsqueeze(1)))
+
+
+def test_centres_do_not_depend_on_the_rest_of_the_batch():
+    """The atlas stores each digit's centre once; the trainer's batches measure the same."""
+    g = torch.Generator().manual_seed(2)
+    u = (torch.rand(700, 1, 28, 28, generator=g) ** 4 * 255).round().to(torch.uint8)
+    x = u.float() / 255.0
+    atlas = pen.PenAtlas(torch.zeros(700, 1, 28, 28, dtype=torch.uint8), torch.zeros(700, 9)).with_boxes(u)
+    for n in (1, 5, 177, 512):
+        idx = torch.randperm(700, generator=g)[:n]
+        assert torch.equal(atlas.centre_xy[idx], pen.centre_xy(x.index_select(0, idx)[:, 0]))
