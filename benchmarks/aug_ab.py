@@ -8,7 +8,9 @@ Each measurement is a fresh subprocess with ``PYTHONPATH`` set to the tree it ti
 revision is checked out with ``git worktree`` into a temporary folder), 2 torch threads.
 Writes ``benchmarks/results/aug-ab-<date>-<HHMM>.{json,md}``. A tree with
 ``training.training_batches`` is timed through it (``AUG_GROUP`` batches per ``apply`` call,
-or ``BENCH_AUG_GROUP``, as its trainer does), an older one batch by batch, as its trainer did.
+or ``BENCH_AUG_GROUP``, as its trainer does; with its stroke rung table, built before the
+timed passes, where it has ``training.stroke_rungs``), an older one batch by batch, as its
+trainer did.
 Usage: ``python benchmarks/aug_ab.py [--base REV] [--rounds 1] [--passes 3]``. Run it alone
 on the machine.
 """
@@ -50,10 +52,18 @@ try:  # the trainer's path: AUG_GROUP batches per apply call (or BENCH_AUG_GROUP
     out["group"] = group
 except AttributeError:  # a tree from before: one batch per call, as its trainer did
     grouped = None
+rungs_of = getattr(training, "stroke_rungs", None) if grouped is not None else None
+tables = {}  # the trainer builds its stroke rung table once per run: not timed per pass
 def batches(config, g, perm):
     if grouped is not None:
+        extra = {}
+        if rungs_of is not None:
+            key = (config.delta_min_px, config.delta_max_px, config.p_untouched)
+            if key not in tables:
+                tables[key] = rungs_of(images, config)
+            extra["rungs"] = tables[key]
         yield from (x for _, x in grouped(images, perm, 512, config, g,
-                                          atlas if config.p_pen else None, group=group))
+                                          atlas if config.p_pen else None, group=group, **extra))
         return
     for i in range(0, len(perm), 512):
         idx = perm[i:i + 512]

@@ -50,7 +50,7 @@ from robustmnist.measure import measure_thickness
 from robustmnist.models import build_model, resolve_device
 from robustmnist.pen import training_atlas
 from robustmnist.perturb import DEFAULT_LEVELS
-from robustmnist.training import Progress, train, training_batches
+from robustmnist.training import Progress, stroke_rungs, train, training_batches
 
 RESULTS = Path(__file__).parent / "results"
 STEPS = ("epochs", "sets", "sweep", "main", "measure", "bf16")
@@ -122,30 +122,47 @@ def rotated(items: list[str], k: int) -> list[str]:
     return items[k:] + items[:k]
 
 
-def augmentation_pass(policy: str, device: torch.device, splits: Any, atlas: Any) -> float:
+def augmentation_pass(policy: str, device: torch.device, splits: Any, atlas: Any,
+                      rungs: Any = None) -> float:
     """Seconds of one epoch's batches through the trainer's input path (`training_batches`:
-    gather, to [0, 1], `AUG_GROUP` batches per augmentation call); for ``none`` that path
-    without augmentation."""
+    gather, to [0, 1], `AUG_GROUP` batches per augmentation call, the stroke change from the
+    run's rung table where the trainer builds one); for ``none`` that path without
+    augmentation."""
     config = aug_config(policy)
     generator = torch.Generator(device=device).manual_seed(0)
     perm = torch.randperm(len(splits[0]), device=device)
     _sync(device)
     t0 = time.perf_counter()
     for _ in training_batches(splits[0].images, perm, 512, config, generator,
-                              atlas if config.p_pen else None):
+                              atlas if config.p_pen else None, rungs=rungs):
         pass
     _sync(device)
     return time.perf_counter() - t0
 
 
+def rung_tables(device: torch.device, splits: Any, policies: list[str]) -> tuple[dict, dict]:
+    """The trainer's stroke rung table of each policy (`stroke_rungs`: on the CPU, for policies
+    that change strokes), built once per training run as the trainer does, and the seconds
+    each build took (not part of an epoch)."""
+    tables, seconds = {}, {}
+    images = splits[0].images.to(device)
+    for policy in policies:
+        t0 = time.perf_counter()
+        tables[policy] = stroke_rungs(images, aug_config(policy))
+        if tables[policy] is not None:
+            seconds[policy] = time.perf_counter() - t0
+    return tables, seconds
+
+
 def augmentation_alone(device: torch.device, splits: Any, atlas: Any,
-                       repeats: int, policies: list[str]) -> dict[str, float]:
+                       repeats: int, policies: list[str], tables: dict | None = None) -> dict[str, float]:
     """Seconds the augmentation adds to one epoch, per policy: median of `repeats` alternating
     passes, minus the median ``none`` pass (the gather and scaling every policy pays)."""
     passes: dict[str, list[float]] = {p: [] for p in policies}
     for r in range(repeats):
         for policy in rotated(policies, r):
-            passes[policy].append(augmentation_pass(policy, device, splits, atlas))
+            passes[policy].append(augmentation_pass(policy, device, splits, atlas,
+                                                    (tables or {}).get(policy)))
     base = statistics.median(passes["none"])
     return {p: max(statistics.median(t) - base, 0.0) for p, t in passes.items() if p != "none"}
 
@@ -197,13 +214,16 @@ def epochs(results: dict[str, Any], device: torch.device, data_dir: Path, splits
             ckpt = folder if policy == "none" else ckpt
     med = {p: statistics.median(t) for p, t in times.items()}
     atlas = training_atlas(splits[0].images, data_dir).to(device)
-    alone = augmentation_alone(device, splits, atlas, max(5, args.repeats), policies)
+    tables, table_s = rung_tables(device, splits, policies)
+    alone = augmentation_alone(device, splits, atlas, max(5, args.repeats), policies, tables)
+    del tables
     results.update({
         "epoch_repeats_s": times, "epoch_median_s": med,
         "robustmnist_epoch_s": med["none"], "ratio_vs_standard": med["none"] / results["standard_epoch_s"],
         "aug_overhead_fraction": {p: (med[p] - med["none"]) / med[p] for p in policies if p != "none"},
         "augmentation_alone_s": alone,
         "augmentation_alone_fraction": {p: alone[p] / med[p] for p in alone},
+        "rung_table_build_s": table_s,
     })
     return ckpt
 
@@ -271,6 +291,10 @@ def render(m: dict[str, Any]) -> str:
                          f"difference {100 * frac:+.1f} %; augmentation alone "
                          f"{m['augmentation_alone_s'][p]:.2f} s = "
                          f"**{100 * m['augmentation_alone_fraction'][p]:.1f} %** of the epoch) |")
+    if m.get("rung_table_build_s"):
+        builds = m["rung_table_build_s"]
+        lines.append(f"| stroke rung table of the 60,000 training digits, built once per training run "
+                     f"(CPU) | {min(builds.values()):.2f}-{max(builds.values()):.2f} s |")
     if "step_images_per_s" in m:
         lines.append(f"| training step fp32 / bf16 autocast | {m['step_images_per_s']['fp32']:,.0f} / "
                      f"{m['step_images_per_s']['bf16_autocast']:,.0f} images/s |")
