@@ -169,6 +169,11 @@ def test_preview_out_is_a_folder(tmp_path, tiny_data_dir):
     one_error_line(invoke("augment", "preview", "--out", tmp_path), "is a folder")
 
 
+def test_preview_out_must_be_a_png(tmp_path, tiny_data_dir):
+    one_error_line(invoke("augment", "preview", "--out", tmp_path / "p.jpg"), "name a .png file")
+    assert not (tmp_path / "p.jpg").exists()
+
+
 def test_resume_with_other_threads_or_model_shape(tmp_path, run_dir):
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     ckpt["config"]["epochs"], ckpt["complete"] = 2, False
