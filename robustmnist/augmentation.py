@@ -205,10 +205,9 @@ def refit_matrix(original: torch.Tensor, redrawn: torch.Tensor,
     c_new = centre_xy(redrawn[:, 0])
     c_old = centre_xy(original[:, 0]) if original_centre is None else original_centre.to(original.dtype)
     shift = c_old - scale.unsqueeze(1) * c_new
-    m = torch.zeros(len(scale), 3, 3, device=scale.device, dtype=scale.dtype)
-    m[:, 0, 0], m[:, 1, 1], m[:, 2, 2] = scale, scale, 1
-    m[:, :2, 2] = shift
-    return m
+    zero, one = torch.zeros_like(scale), torch.ones_like(scale)
+    sx, sy = shift.unbind(1)
+    return torch.stack([scale, zero, sx, zero, scale, sy, zero, zero, one], 1).view(-1, 3, 3)
 
 
 def warp(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
@@ -219,7 +218,7 @@ def warp(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     """
     h, w = x.shape[-2:]
     m = matrix.to(x.dtype)
-    a, b, tx, c, d, ty = (m[:, i // 3, i % 3] for i in range(6))
+    a, b, tx, c, d, ty = m[:, :2].reshape(-1, 6).unbind(1)
     det = a * d - b * c
     ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det        # inverse of the linear part
     kx, ky = (w - 1) / 2, (h - 1) / 2                             # normalised <-> pixel
