@@ -81,10 +81,10 @@ def training_batches(images_u8: torch.Tensor, order: torch.Tensor, batch_size: i
 
 
 def stroke_rungs(images_u8: torch.Tensor, config: AugConfig) -> RungTable | None:
-    """The rungs the trainer serves the stroke change from, or None: on the CPU, where the
-    per-batch rung chain costs ~4x the gather and blend (``benchmarks/``), for a policy that
-    changes strokes. On a GPU the chain runs per batch in Kornia (cheap there; not measured
-    with the table)."""
+    """The rungs the trainer serves the stroke change from, or None: on the CPU, for a policy
+    that changes strokes (the stroke-only policies' augmentation 0.53-0.71x the per-batch
+    chain's time, the same floats: ``benchmarks/results/aug-ab-2026-12-02-1639.md``). On a
+    GPU the chain runs per batch in Kornia (cheap there; the table not measured there)."""
     return rungs_for(images_u8, config) if images_u8.device.type == "cpu" else None
 
 
