@@ -267,7 +267,8 @@ def rung_table(images_u8: torch.Tensor, lo: int, hi: int, chunk: int = 1024) -> 
     """The `RungTable` of uint8 digits (N, 1, H, W) for rungs ``lo..hi`` (``lo <= 0 <= hi``,
     within ``LADDER_RANGE``), on the images' device: each rung one 2x2 step from the one nearer
     0, as `apply_stroke_delta` chains them (`next_step`), on the uint8 pixels themselves (max
-    and min commute with dividing by 255; ~0.2 s for the 60,000 training digits on the CPU).
+    and min commute with dividing by 255; 0.02-0.7 s for the 60,000 training digits on the
+    CPU, by the number of rungs: ``benchmarks/results/cpu-2026-12-02-1639.json``).
 
     >>> digits = torch.zeros(2, 1, 8, 8, dtype=torch.uint8); digits[:, :, 4, 4] = 255
     >>> table = rung_table(digits, -1, 2)
