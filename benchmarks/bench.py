@@ -144,13 +144,18 @@ def rung_tables(device: torch.device, splits: Any, policies: list[str]) -> tuple
     """The trainer's stroke rung table of each policy (`stroke_rungs`: on the CPU, for policies
     that change strokes), built once per training run as the trainer does, and the seconds
     each build took (not part of an epoch)."""
-    tables, seconds = {}, {}
+    tables, seconds, built = {}, {}, {}  # policies with the same stroke range share a table
     images = splits[0].images.to(device)
     for policy in policies:
-        t0 = time.perf_counter()
-        tables[policy] = stroke_rungs(images, aug_config(policy))
-        if tables[policy] is not None:
-            seconds[policy] = time.perf_counter() - t0
+        config = aug_config(policy)
+        key = (config.delta_min_px, config.delta_max_px)
+        tables[policy] = None
+        if stroke_rungs(images[:1], config) is None:  # the trainer builds none for it
+            continue
+        if key not in built:
+            t0 = time.perf_counter()
+            built[key] = stroke_rungs(images, config), time.perf_counter() - t0
+        tables[policy], seconds[policy] = built[key]
     return tables, seconds
 
 

@@ -249,10 +249,11 @@ def rungs_for(images_u8: torch.Tensor, config: AugConfig) -> RungTable | None:
     """The `RungTable` of a training set's uint8 digits (N, 1, 28, 28) for the stroke levels
     `config` draws (None when it draws none): built once per training run, it turns each
     batch's stroke change into a gather and a blend (`apply`'s `rungs`), the same floats.
-    ~50 MB per rung for MNIST's 60,000 digits."""
+    ~47 MB a rung for MNIST's 60,000 digits, rung 0 (the digits) included: 188 MB for
+    ``thickness``'s -1..+2, 329 MB for -2..+4, per training process."""
     lo = max(math.floor(config.delta_min_px), LADDER_RANGE[0])
     hi = min(math.ceil(config.delta_max_px), LADDER_RANGE[1])
-    if lo == hi == 0 or config.p_untouched >= 1:
+    if lo == hi == 0 or config.p_untouched >= 1 or config.p_pen >= 1:  # no row changes stroke
         return None
     return rung_table(images_u8, min(lo, 0), max(hi, 0))
 
@@ -264,7 +265,8 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None,
     `atlas` holds the rows of these B digits (needed when `params` has pen widths): the pen
     redraw replaces a digit first, then come the stroke change and the affine; last, re-fitted
     and fine-pen rows get their strongest ink back at full. `rungs` (optional), the rows of
-    these digits of a `RungTable` (``x`` = those digits over 255, as the trainer makes them),
+    these digits of a `RungTable` (``x`` = those uint8 digits ``.to(dtype) / 255``, as the
+    trainer makes them),
     serves the stroke change from the precomputed rungs: the same floats, a fraction of the
     CPU time.
     """
@@ -293,12 +295,15 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None,
                 chosen = torch.nonzero(picked).flatten()
                 if chosen.numel():
                     fit_rows = rows.index_select(0, chosen)
-                    # The boxes from the atlas: the originals' measured once (and their
-                    # float32 centres), the redraws' from their row and column maxima: the
-                    # same sides and centres as measured on the images.
+                    # The boxes from the atlas: the originals' measured once (and, on the
+                    # CPU, their float32 centres: CPU sums, the trainer's there), the redraws'
+                    # from their row and column maxima: the same sides and centres as
+                    # measured on the images. On another device the centres are measured
+                    # (its sums add in another order).
                     box = None if drawn.box_px is None else drawn.box_px.index_select(0, chosen)
                     centre = (drawn.centre_xy.index_select(0, chosen) if drawn.centre_xy is not None
-                              and x.dtype == drawn.centre_xy.dtype else None)
+                              and x.dtype == drawn.centre_xy.dtype and x.device.type == "cpu"
+                              else None)
                     refit = fit_rows, refit_matrix(x.index_select(0, fit_rows),
                                                    pens.index_select(0, chosen), box,
                                                    _profile_side_px(peaks.index_select(0, chosen)),

@@ -341,9 +341,9 @@ def augment_preview(
         raise RobustMnistError(f"--digits {digits} / --draws {draws}: choose 1-64 digits and 1-32 draws")
     if not 0 <= seed <= MAX_SEED:
         raise RobustMnistError(f"--seed {seed}: choose a seed in [0, {MAX_SEED}]")
-    artifacts.check_replaceable(out_png, PNG_SIGNATURE, "PNG")
-    if out_png.suffix.lower() != ".png":
+    if out_png.suffix.lower() != ".png" and not out_png.is_dir():
         raise RobustMnistError(f"--out {out_png}: the preview is a PNG image; name a .png file")
+    artifacts.check_replaceable(out_png, PNG_SIGNATURE, "PNG")
     config = aug_from_options(aug, aug_range, aug_p, aug_refit)
     images = load_split("train", data_dir, log=logger(quiet)).images[:digits]
     fig, deltas = preview_figure(images, config, draws, seed)

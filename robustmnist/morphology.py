@@ -238,6 +238,8 @@ class RungTable:
         return int(self.rungs.shape[0] if self.index is None else self.index.shape[0])
 
     def __getitem__(self, idx: torch.Tensor) -> RungTable:
+        if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int64, torch.int32) or idx.ndim != 1:
+            raise TypeError("a rung table is indexed with a 1-d integer tensor of positions")
         return RungTable(self.rungs, self.lo, idx if self.index is None else self.index.index_select(0, idx))
 
     def blend(self, rows: torch.Tensor, stroke_delta_px: torch.Tensor,
@@ -258,7 +260,7 @@ class RungTable:
         low = flat.index_select(0, first).to(dtype) / 255.0
         out = low.mul_(_hat(delta, below))  # type: ignore[arg-type]
         if k > 1:
-            high = flat.index_select(0, (first + 1).clamp_(max=len(flat) - 1)).to(dtype) / 255.0
+            high = flat.index_select(0, first + 1).to(dtype) / 255.0  # below <= hi - 1
             out.add_(high.mul_(_hat(delta, below + 1)))  # type: ignore[arg-type]
         return out.clamp_(0, 1)
 
@@ -282,7 +284,7 @@ def rung_table(images_u8: torch.Tensor, lo: int, hi: int, chunk: int = 1024) -> 
                          f"{images_u8.dtype} {tuple(images_u8.shape)}")
     n, _, h, w = images_u8.shape
     out = torch.empty((n, hi - lo + 1, h, w), dtype=torch.uint8, device=images_u8.device)
-    for start in range(0, n, chunk):  # a chunk's rungs stay in cache: ~5x faster than whole
+    for start in range(0, n, chunk):  # a chunk's rungs stay in cache
         digits = images_u8[start:start + chunk].contiguous()
         part = out[start:start + chunk]
         part[:, -lo] = digits[:, 0]

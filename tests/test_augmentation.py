@@ -418,8 +418,14 @@ def test_atlas_boxes_give_the_refits_of_the_measured_boxes_to_the_bit(policy):
     its row and column maxima) are those measured on the batch: the same floats, fine and wide
     pens alike."""
     config = AugConfig.from_policy(policy, pen_refit=0.9, pen_fine=0.3)
-    x = _batch("cpu", 64).mul(255).round().div(255)  # the trainer's batch: the digits over 255
+    g = torch.Generator().manual_seed(7)
+    x = torch.zeros(64, 1, 28, 28)
+    for i in range(64):  # bars of different sizes and places: every digit its own box and centre
+        r0, c0 = torch.randint(2, 12, (2,), generator=g).tolist()
+        x[i, 0, r0:r0 + 6 + i % 11, c0:c0 + 2 + i % 4] = 0.5 + 0.5 * torch.rand(1, generator=g)
+    x = x.mul(255).round().div(255)  # the trainer's batch: the digits over 255
     atlas = _atlas(x)
+    assert len(set(atlas.box_px.tolist())) >= 8  # a row mix-up would move some boxes
     measured = PenAtlas(atlas.distance, atlas.knots)  # no boxes: measured on the images
     assert measured.box_px is None and atlas.box_px is not None
     params = sample(config, 64, torch.Generator().manual_seed(3))
@@ -458,3 +464,4 @@ def test_policies_without_stroke_changes_build_no_rung_table():
     assert rungs_for(u, AugConfig.from_policy("pen")) is None
     assert rungs_for(u, AugConfig.from_policy("thickness", p_untouched=1.0)) is None
     assert rungs_for(u, AugConfig.from_policy("none")) is None
+    assert rungs_for(u, AugConfig.from_policy("pen+thickness+affine", p_pen=1.0)) is None

@@ -425,7 +425,11 @@ def test_aug_option_errors_name_the_option(tmp_path, tiny_data_dir, args, flag):
 def test_preview_and_measure_never_replace_a_users_file(tmp_path, tiny_data_dir):
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes")
-    one_error_line(invoke("augment", "preview", "--out", notes, "-q"), "is not a PNG")
+    one_error_line(invoke("augment", "preview", "--out", notes, "-q"), "name a .png file")
+    disguised = tmp_path / "notes.png"  # a user's file with a PNG's name
+    disguised.write_text("my notes")
+    one_error_line(invoke("augment", "preview", "--out", disguised, "-q"), "is not a PNG")
+    assert disguised.read_text() == "my notes"
     one_error_line(invoke("measure", "--out", notes, "-q"), "is not a thickness CSV")
     assert notes.read_text() == "my notes"
     png, csv = tmp_path / "p.png", tmp_path / "t.csv"

@@ -164,5 +164,7 @@ def test_rung_table_refuses_levels_and_inputs_outside_it():
         table.blend(torch.arange(2), torch.tensor([0.5, 2.5]))
     with pytest.raises(ValueError, match="need -2 <= lo <= 0 <= hi <= 4"):
         morphology.rung_table(_digits_u8(4), 1, 2)
+    with pytest.raises(TypeError, match="1-d integer tensor"):
+        table[torch.tensor([True, False, True, False])]
     with pytest.raises(ValueError, match="uint8 digits"):
         morphology.rung_table(torch.zeros(4, 1, 8, 8), 0, 1)

@@ -100,9 +100,9 @@ def test_mnist_digit_itself_passes_through(mnist_like):
     """A 28x28 MNIST-style input (e.g. from `data export`) comes back nearly unchanged: the
     same place (centre of mass) and strokes. The pixel error bound leaves room for the
     re-measured box (20 or 21 px) and the sub-pixel resampling, which vary with how the test
-    font is rasterised (OpenCV 4.14 and 5.1 draw it differently: 2-8.5 of 255); a digit one
-    pixel off fails one of the two (a 1-px shift costs 12-22 of 255 here, or moves the
-    centre by 1)."""
+    font is rasterised (OpenCV 4.14 and 5.1 draw it differently: 2-8.5 of 255 on these ten
+    digits, measured once); a second pass that puts the digit a pixel off fails the bound (a
+    1-px shift costs 12-22 of 255 here)."""
     for digit in mnist_like[0]:
         pre = mnistify(digit)  # uint8 is accepted and scaled by 255
         assert not pre.inverted and _mae(pre.image, digit) < 10
