@@ -124,8 +124,9 @@ def train(
         help="constant (the classic recipe) | cosine (lr decayed along a half cosine "
              "towards 0).")] = "constant",
     seed: Annotated[int, typer.Option(help="Seed for init, batch order, augmentation.")] = 0,
-    model: Annotated[str, typer.Option(help=f"Model: {' | '.join(MODELS)} (wide: the baseline "
-                                            "ConvNet with twice the channels).")] = "baseline",
+    model: Annotated[str, typer.Option(
+        help=f"Model: {' | '.join(MODELS)} (wide: the baseline ConvNet with twice the channels, "
+             "wide3: three times).")] = "baseline",
     device: Device = "auto",
     run_dir: Annotated[Path | None, typer.Option(
         "--out", help="Run folder. Default: runs/<aug>[+<model>][+<lr-schedule>]-seed<seed> "

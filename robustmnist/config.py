@@ -271,6 +271,12 @@ def aug_from_options(policy: str, aug_range: str | None, aug_p: float | None,
             lo, hi = (float(v) for v in aug_range.split(","))
         except ValueError:
             raise RobustMnistError(f"--aug-range {aug_range!r}: expected MIN,MAX such as -1,2") from None
+    if policy == "none" and (aug_range is not None or aug_p is not None or aug_refit is not None):
+        given = [f for f, v in (("--aug-range", aug_range), ("--aug-p", aug_p),
+                                ("--aug-refit", aug_refit)) if v is not None]
+        raise RobustMnistError(f"{', '.join(given)} with --aug none: the baseline changes no digit "
+                               "(the run would be recorded as `none`); choose a policy such as "
+                               f"--aug thickness or drop {', '.join(given)}")
     if aug_refit and policy in POLICIES and not POLICIES[policy].get("p_pen"):
         pens = ", ".join(p for p, fields in POLICIES.items() if fields.get("p_pen"))
         raise RobustMnistError(f"--aug-refit {aug_refit:g}: policy {policy!r} redraws no digit "

@@ -95,6 +95,10 @@ def test_train_bad_input_is_one_clear_line(tmp_path, tiny_data_dir):
     assert result.exit_code == 1 and "MIN,MAX" in result.output
     result = invoke("train", "--aug", "thickness", "--aug-refit", "0.5", "--out", tmp_path / "x")
     assert result.exit_code == 1 and "redraws no digit with a pen; choose a pen policy" in result.output
+    result = invoke("train", "--aug", "none", "--aug-range", "-1,2", "--aug-p", "0.5",
+                    "--out", tmp_path / "x")
+    assert result.exit_code == 1 and "--aug-range, --aug-p with --aug none" in result.output
+    assert not (tmp_path / "x").exists()
     result = invoke("train", "--aug", "thickness", "--aug-range", "-2,5", "--out", tmp_path / "x")
     assert result.exit_code == 1 and "must be <= 4, got 5.0" in result.output
     assert not (tmp_path / "x").exists()
