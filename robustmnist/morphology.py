@@ -154,7 +154,7 @@ def next_step(rung: Rung, previous: torch.Tensor) -> torch.Tensor:
     return op(previous, "square", 2, mirrored=rung.size % 2 == 1)
 
 
-def _hat(level: torch.Tensor, rung: int) -> torch.Tensor:
+def _hat(level: torch.Tensor, rung: int | torch.Tensor) -> torch.Tensor:
     """(B, 1, 1, 1) linear-interpolation weight of integer `rung` at each `level` (B,)."""
     return (1 - (level - rung).abs()).clamp(min=0).view(-1, 1, 1, 1)
 
@@ -258,10 +258,10 @@ class RungTable:
         first = digits * k + (below - self.lo).long()
         flat = self.rungs.flatten(0, 1).unsqueeze(1)                         # (N * K, 1, H, W)
         low = flat.index_select(0, first).to(dtype) / 255.0
-        out = low.mul_(_hat(delta, below))  # type: ignore[arg-type]
+        out = low.mul_(_hat(delta, below))
         if k > 1:
             high = flat.index_select(0, first + 1).to(dtype) / 255.0  # below <= hi - 1
-            out.add_(high.mul_(_hat(delta, below + 1)))  # type: ignore[arg-type]
+            out.add_(high.mul_(_hat(delta, below + 1)))
         return out.clamp_(0, 1)
 
 

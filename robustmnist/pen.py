@@ -28,6 +28,7 @@ than asked on those digits.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import io
@@ -208,14 +209,10 @@ def render(distance: torch.Tensor, width_px: torch.Tensor) -> torch.Tensor:
     return (edge - distance.to(torch.float32) / DIST_STEP).clamp_(0, 1)
 
 
-_KNOT_WIDTHS: dict[torch.device, torch.Tensor] = {}
-
-
+@functools.cache
 def _knot_widths(device: torch.device) -> torch.Tensor:
     """The render widths of the calibration knots, float32, on `device` (made once there)."""
-    if device not in _KNOT_WIDTHS:
-        _KNOT_WIDTHS[device] = torch.tensor((PEN_RANGE[0], *CALIBRATION_WIDTHS), device=device)
-    return _KNOT_WIDTHS[device]
+    return torch.tensor((PEN_RANGE[0], *CALIBRATION_WIDTHS), device=device)
 
 
 def render_width(knots: torch.Tensor, pen_width_px: torch.Tensor) -> torch.Tensor:
