@@ -47,7 +47,7 @@ from robustmnist.morphology import LADDER_RANGE, RungTable, apply_stroke_delta, 
 from robustmnist.pen import FINE_PEN_PX, PEN_RANGE, PenAtlas, build_atlas, centre_xy, draw_profile
 
 __all__ = ["POLICIES", "AugConfig", "AugParams", "PenAtlas", "RungTable", "apply", "augment",
-           "concat", "preview", "rungs_for", "sample"]
+           "concat", "preview", "rungs_for", "sample", "sample_batches"]
 
 
 @dataclass(frozen=True)
@@ -63,38 +63,101 @@ class AugParams:
     refit: torch.Tensor | None = None   # (B,) bool: chosen for a re-fit (if drawable) into its box
 
 
+def _draws(config: AugConfig) -> list[tuple[str, int, float, float]]:
+    """The uniform draws of one batch, in the order `sample` takes them from the generator:
+    (name, numbers per digit, low, high). The optional ones come after the older ones, so a
+    policy without them replays as before."""
+    out = [("delta", 1, config.delta_min_px, config.delta_max_px), ("touched", 1, 0.0, 1.0)]
+    if config.p_pen > 0:
+        out += [("width", 1, config.pen_min_px, config.pen_max_px), ("redrawn", 1, 0.0, 1.0)]
+    if config.affine:
+        out += [("angle", 1, -config.affine_degrees, config.affine_degrees),
+                ("shift", 2, -config.affine_translate, config.affine_translate),
+                ("zoom", 1, 1 - config.affine_scale, 1 + config.affine_scale)]
+    if config.p_pen > 0 and config.pen_refit > 0:
+        out += [("refit", 1, 0.0, 1.0)]
+    if config.p_pen > 0 and config.pen_fine > 0:
+        out += [("fine_width", 1, FINE_PEN_PX, PEN_RANGE[0]), ("fine", 1, 0.0, 1.0)]
+    return out
+
+
 def sample(config: AugConfig, batch_size: int, generator: torch.Generator) -> AugParams:
     """Draw per-sample parameters on the generator's device."""
+    return sample_batches(config, [batch_size], generator)[0]
+
+
+def sample_batches(config: AugConfig, sizes: Sequence[int], generator: torch.Generator
+                   ) -> list[AugParams]:
+    """`sample` of each batch size in `sizes` in turn, the same parameters, in a few dozen
+    tensor operations for the whole list instead of a few dozen per batch.
+
+    On the CPU a run of equal sizes takes its numbers in one ``torch.rand`` call (the CPU
+    generator fills consecutive numbers: one draw of k x L numbers is k draws of L); on other
+    devices each batch's draws are made as `sample` makes them. The arithmetic is elementwise,
+    so every row gets the floats of its own batch (tests/test_augmentation.py); sines and
+    cosines are taken batch by batch, so no angle's result depends on where in a longer tensor
+    a kernel meets it (vector body or tail: they agree on the CPUs tried, 2026-12-02, which
+    need not hold on every CPU).
+
+    >>> g, h = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    >>> config = AugConfig.from_policy("fine-pen+thickness+affine")
+    >>> one = sample_batches(config, [4, 4, 3], g)
+    >>> torch.equal(one[1].affine, [sample(config, n, h) for n in (4, 4, 3)][1].affine)
+    True
+    """
+    out: list[AugParams] = []
+    start = 0
+    while start < len(sizes):
+        stop = start
+        while stop < len(sizes) and sizes[stop] == sizes[start]:
+            stop += 1
+        out += _sample_equal(config, sizes[start], stop - start, generator)
+        start = stop
+    return out
+
+
+def _sample_equal(config: AugConfig, n: int, k: int, generator: torch.Generator) -> list[AugParams]:
+    """`k` batches of `n` digits' parameters, drawn in turn."""
     device = generator.device
-
-    def uniform(lo: float, hi: float, n: int = batch_size) -> torch.Tensor:
-        return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
-
-    delta = uniform(config.delta_min_px, config.delta_max_px)
-    touched = torch.rand(batch_size, generator=generator, device=device) >= config.p_untouched
-    delta = torch.where(touched, delta, torch.zeros_like(delta))
+    draws = _draws(config)
+    per_batch = n * sum(m for _, m, _, _ in draws)
+    if device.type == "cpu":
+        u = torch.rand(k * per_batch, generator=generator, device=device).view(k, per_batch)
+    else:  # one call per draw, as `sample` always made them (another device's stream differs)
+        u = torch.cat([torch.rand(m * n, generator=generator, device=device)
+                       for _ in range(k) for _, m, _, _ in draws]).view(k, per_batch)
+    got: dict[str, torch.Tensor] = {}
+    offset = 0
+    for name, m, lo, hi in draws:
+        part = u[:, offset:offset + m * n]  # (k, m * n): each batch's numbers of this draw
+        got[name] = part if lo == 0 and hi == 1 else lo + (hi - lo) * part
+        offset += m * n
+    delta = torch.where(got["touched"] >= config.p_untouched, got["delta"], 0.0)
     pen_width = None
-    if config.p_pen > 0:  # drawn only for pen policies: the others replay as before
-        width = uniform(config.pen_min_px, config.pen_max_px)
-        redrawn = torch.rand(batch_size, generator=generator, device=device) < config.p_pen
-        pen_width = torch.where(redrawn, width, torch.zeros_like(width))
-        delta = torch.where(redrawn, torch.zeros_like(delta), delta)  # a pen sets the width
+    if config.p_pen > 0:
+        redrawn = got["redrawn"] < config.p_pen
+        pen_width = torch.where(redrawn, got["width"], 0.0)
+        delta = torch.where(redrawn, 0.0, delta)  # a pen sets the width
     matrix = None
     if config.affine:
-        angle = uniform(-config.affine_degrees, config.affine_degrees)
-        shift = uniform(-config.affine_translate, config.affine_translate, 2 * batch_size)
-        zoom = uniform(1 - config.affine_scale, 1 + config.affine_scale)
-        matrix = affine_matrix(angle, shift.view(batch_size, 2) * 28.0, zoom, center=13.5)
+        rad = got["angle"] * (math.pi / 180)
+        # cos and sin batch by batch, each on the tensor its batch alone would have
+        cos = torch.stack([torch.cos(r) for r in rad])
+        sin = torch.stack([torch.sin(r) for r in rad])
+        zoom = got["zoom"]
+        matrix = _affine_from(cos, sin, got["shift"].reshape(k * n, 2) * 28.0, zoom, center=13.5)
     refit = None
-    if pen_width is not None and config.pen_refit > 0:  # drawn last: other policies unchanged
-        refit = (torch.rand(batch_size, generator=generator, device=device) < config.pen_refit
-                 ) & (pen_width > 0)
-    if pen_width is not None and config.pen_fine > 0:  # after the re-fit draws, for the same reason
-        fine_width = uniform(FINE_PEN_PX, PEN_RANGE[0])
-        fine = (torch.rand(batch_size, generator=generator, device=device) < config.pen_fine
-                ) & (pen_width > 0)
-        pen_width = torch.where(fine, fine_width, pen_width)
-    return AugParams(delta, matrix, pen_width, refit)
+    if pen_width is not None and config.pen_refit > 0:
+        refit = (got["refit"] < config.pen_refit) & (pen_width > 0)
+    if pen_width is not None and config.pen_fine > 0:
+        fine = (got["fine"] < config.pen_fine) & (pen_width > 0)
+        pen_width = torch.where(fine, got["fine_width"], pen_width)
+
+    def rows(t: torch.Tensor | None) -> list[torch.Tensor | None]:
+        return [None] * k if t is None else list(t.unbind(0))  # (k, n, ...): batch by batch
+
+    return [AugParams(d, m, w, r) for d, m, w, r in zip(rows(delta), rows(matrix), rows(pen_width),
+                                                         rows(refit), strict=True)]
 
 
 def concat(params: Sequence[AugParams]) -> AugParams:
@@ -127,11 +190,19 @@ def affine_matrix(angle_deg: torch.Tensor, shift_px: torch.Tensor, zoom: torch.T
     [[0.0, -2.0, 4.0], [2.0, 0.0, -1.0], [0.0, 0.0, 1.0]]
     """
     rad = angle_deg * (math.pi / 180)
-    a, b = zoom * torch.cos(rad), zoom * torch.sin(rad)
+    return _affine_from(torch.cos(rad), torch.sin(rad), shift_px, zoom, center)
+
+
+def _affine_from(cos: torch.Tensor, sin: torch.Tensor, shift_px: torch.Tensor,
+                 zoom: torch.Tensor, center: float) -> torch.Tensor:
+    """`affine_matrix` from the angles' cosines and sines; any shape of (B,) rows."""
+    shape = cos.shape
+    a, b = (zoom * cos).reshape(-1), (zoom * sin).reshape(-1)
+    shift_px = shift_px.reshape(-1, 2)
     tx = shift_px[:, 0] + center - (a - b) * center
     ty = shift_px[:, 1] + center - (a + b) * center
     zero, one = torch.zeros_like(a), torch.ones_like(a)
-    return torch.stack([a, -b, tx, b, a, ty, zero, zero, one], 1).view(-1, 3, 3)
+    return torch.stack([a, -b, tx, b, a, ty, zero, zero, one], 1).view(*shape, 3, 3)
 
 
 def _box_side_px(ink: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustmnist import RobustMnistError, __version__, artifacts
-from robustmnist.augmentation import RungTable, apply, concat, rungs_for, sample
+from robustmnist.augmentation import AugParams, RungTable, apply, concat, rungs_for, sample_batches
 from robustmnist.checkpoint import Classifier, load_checkpoint, normalise, save_checkpoint, to_unit
 from robustmnist.config import AugConfig, TrainConfig
 from robustmnist.data import MnistSplit, load_split
@@ -56,8 +56,9 @@ def training_batches(images_u8: torch.Tensor, order: torch.Tensor, batch_size: i
                      group: int | None = None, rungs: RungTable | None = None,
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(indices, images in [0, 1]) of each batch of `order`, augmented exactly as batch by
-    batch ``augment`` would: each batch's parameters are drawn in turn from `generator`, then
-    `group` (default `AUG_GROUP`) batches are applied in one call (`augmentation.concat`).
+    batch ``augment`` would: each batch's parameters are drawn in turn from `generator`, all
+    at the start (`augmentation.sample_batches`), then `group` (default `AUG_GROUP`) batches
+    are applied in one call (`augmentation.concat`).
     `atlas` and `rungs` (`stroke_rungs`) are the whole set's; the batches' rows are taken.
 
     >>> images = torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8)
@@ -69,12 +70,15 @@ def training_batches(images_u8: torch.Tensor, order: torch.Tensor, batch_size: i
     group = AUG_GROUP if group is None else group
     if group < 1:
         raise ValueError(f"group: need at least 1 batch per call, got {group}")
-    for start in range(0, len(order), batch_size * group):
+    drawn: list[AugParams] = []
+    if not config.is_identity:  # every batch's parameters, in turn, in one go (the same draws)
+        drawn = sample_batches(config, [len(part) for part in order.split(batch_size)], generator)
+    for b, start in enumerate(range(0, len(order), batch_size * group)):
         chunk = order[start:start + batch_size * group]
         parts = chunk.split(batch_size)
         x = to_unit(images_u8.index_select(0, chunk))  # = images_u8[chunk], ~10x cheaper
         if not config.is_identity:
-            params = concat([sample(config, len(part), generator) for part in parts])
+            params = concat(drawn[b * group:(b + 1) * group])
             x = apply(x, params, None if atlas is None else atlas[chunk],
                       None if rungs is None else rungs[chunk])
         yield from zip(parts, x.split(batch_size), strict=True)

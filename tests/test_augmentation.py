@@ -16,10 +16,11 @@ from robustmnist.augmentation import (
     preview,
     rungs_for,
     sample,
+    sample_batches,
     warp,
 )
 from robustmnist.morphology import apply_stroke_delta
-from robustmnist.pen import PEN_RANGE, PenAtlas, build_atlas, draw
+from robustmnist.pen import FINE_PEN_PX, PEN_RANGE, PenAtlas, build_atlas, draw
 
 
 def _batch(device, n=32):
@@ -465,3 +466,53 @@ def test_policies_without_stroke_changes_build_no_rung_table():
     assert rungs_for(u, AugConfig.from_policy("thickness", p_untouched=1.0)) is None
     assert rungs_for(u, AugConfig.from_policy("none")) is None
     assert rungs_for(u, AugConfig.from_policy("pen+thickness+affine", p_pen=1.0)) is None
+
+
+def _one_draw_at_a_time(config, n, generator):
+    """The parameters as `sample` drew them before `sample_batches`: one ``torch.rand`` call per
+    draw, batch by batch (the oracle for the batched draws)."""
+    def uniform(lo, hi, size=n):
+        return lo + (hi - lo) * torch.rand(size, generator=generator)
+
+    delta = uniform(config.delta_min_px, config.delta_max_px)
+    touched = torch.rand(n, generator=generator) >= config.p_untouched
+    delta = torch.where(touched, delta, torch.zeros_like(delta))
+    width = None
+    if config.p_pen > 0:
+        w = uniform(config.pen_min_px, config.pen_max_px)
+        redrawn = torch.rand(n, generator=generator) < config.p_pen
+        width = torch.where(redrawn, w, torch.zeros_like(w))
+        delta = torch.where(redrawn, torch.zeros_like(delta), delta)
+    matrix = None
+    if config.affine:
+        angle = uniform(-config.affine_degrees, config.affine_degrees)
+        shift = uniform(-config.affine_translate, config.affine_translate, 2 * n)
+        zoom = uniform(1 - config.affine_scale, 1 + config.affine_scale)
+        matrix = affine_matrix(angle, shift.view(n, 2) * 28.0, zoom, center=13.5)
+    refit = None
+    if width is not None and config.pen_refit > 0:
+        refit = (torch.rand(n, generator=generator) < config.pen_refit) & (width > 0)
+    if width is not None and config.pen_fine > 0:
+        fine_width = uniform(FINE_PEN_PX, PEN_RANGE[0])
+        fine = (torch.rand(n, generator=generator) < config.pen_fine) & (width > 0)
+        width = torch.where(fine, fine_width, width)
+    return AugParams(delta, matrix, width, refit)
+
+
+@pytest.mark.parametrize("policy", [p for p in POLICIES if p != "none"])
+@pytest.mark.parametrize("sizes", [(512, 512, 96), (7, 7, 5, 13, 13)])
+def test_batched_draws_are_each_batchs_own_draws_to_the_bit(policy, sizes):
+    # One rand call for a run of equal batches, elementwise arithmetic over all of them, the
+    # sines and cosines batch by batch: each batch gets what drawing it alone gave (sizes that
+    # are no multiple of a vector's width put numbers in the scalar tails of the kernels).
+    config = AugConfig.from_policy(policy)
+    gb = torch.Generator().manual_seed(11)
+    batched = sample_batches(config, list(sizes), gb)
+    g = torch.Generator().manual_seed(11)
+    for n, got in zip(sizes, batched, strict=True):
+        want = _one_draw_at_a_time(config, n, g)
+        for f in dataclasses.fields(AugParams):
+            a, b = getattr(got, f.name), getattr(want, f.name)
+            assert (a is None) == (b is None), f.name
+            assert a is None or (a.shape == b.shape and torch.equal(a, b)), (n, f.name)
+    assert torch.equal(gb.get_state(), g.get_state())  # and the generator left where it was
