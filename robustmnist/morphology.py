@@ -257,12 +257,18 @@ class RungTable:
         k = self.rungs.shape[1]
         first = digits * k + (below - self.lo).long()
         flat = self.rungs.flatten(0, 1).unsqueeze(1)                         # (N * K, 1, H, W)
-        low = flat.index_select(0, first).to(dtype) / 255.0
+        low = _unit(flat.index_select(0, first), dtype)
         out = low.mul_(_hat(delta, below))
         if k > 1:
-            high = flat.index_select(0, first + 1).to(dtype) / 255.0  # below <= hi - 1
+            high = _unit(flat.index_select(0, first + 1), dtype)  # below <= hi - 1
             out.add_(high.mul_(_hat(delta, below + 1)))
         return out.clamp_(0, 1)
+
+
+def _unit(pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 pixels over 255 in `dtype`, ``pixels.to(dtype) / 255.0``; for the default dtype
+    in one pass (the division converts them)."""
+    return torch.div(pixels, 255.0) if dtype == torch.get_default_dtype() else pixels.to(dtype) / 255.0
 
 
 def rung_table(images_u8: torch.Tensor, lo: int, hi: int, chunk: int = 1024) -> RungTable:

@@ -205,8 +205,18 @@ def render(distance: torch.Tensor, width_px: torch.Tensor) -> torch.Tensor:
     >>> render(d, torch.tensor([2.0])).flatten().tolist()
     [1.0, 0.5, 0.0]
     """
-    edge = (width_px.to(torch.float32) / 2 + 0.5).view(-1, 1, 1, 1)
-    return (edge - distance.to(torch.float32) / DIST_STEP).clamp_(0, 1)
+    return _ink(distance, _edge(width_px))
+
+
+def _edge(width_px: torch.Tensor) -> torch.Tensor:
+    """(B, 1, 1, 1) float32: where a pen's ink reaches 0.5 from the skeleton, px + 0.5."""
+    return (width_px.to(torch.float32) / 2 + 0.5).view(-1, 1, 1, 1)
+
+
+def _ink(distance: torch.Tensor, edge: torch.Tensor) -> torch.Tensor:
+    """``(edge - distance / DIST_STEP).clamp(0, 1)`` in float32, the uint8 distances converted in
+    the subtraction (a power of two: times its inverse is the same quotient)."""
+    return torch.sub(edge, distance, alpha=1 / DIST_STEP).clamp_(0, 1)
 
 
 @functools.cache
@@ -246,8 +256,8 @@ def draw_profile(atlas: PenAtlas, pen_width_px: torch.Tensor) -> tuple[torch.Ten
     """`draw` and the strongest ink of each row and column of it, (B, 1, 2, 28): the same
     floats as the maxima over the drawn image (the ink of the row's nearest distance), at a
     28th of the work."""
-    width = render_width(atlas.knots, pen_width_px)
-    return render(atlas.distance, width), render(atlas.profile, width)
+    edge = _edge(render_width(atlas.knots, pen_width_px))
+    return _ink(atlas.distance, edge), _ink(atlas.profile, edge)
 
 
 def _atlas_chunk(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
