@@ -167,14 +167,19 @@ def centre_xy(ink: torch.Tensor) -> torch.Tensor:
     returns (row, col)); the image centre for a blank digit. Each row's centre is the same
     floats whatever else is in the batch (tests/test_pen.py)."""
     h, w = ink.shape[-2:]
+    xs, ys, middle = _centre_constants(h, w, ink.dtype, ink.device)
     mass = ink.sum((-2, -1))
-    ys = torch.arange(h, device=ink.device, dtype=ink.dtype)
-    xs = torch.arange(w, device=ink.device, dtype=ink.dtype)
     cx = (ink.sum(-2) * xs).sum(-1) / mass
     cy = (ink.sum(-1) * ys).sum(-1) / mass
-    centre = torch.stack([cx, cy], 1)
-    return torch.where(mass.unsqueeze(1) > 0, centre,
-                       torch.tensor([(w - 1) / 2, (h - 1) / 2], device=ink.device, dtype=ink.dtype))
+    return torch.where(mass.unsqueeze(1) > 0, torch.stack([cx, cy], 1), middle)
+
+
+@functools.cache
+def _centre_constants(h: int, w: int, dtype: torch.dtype, device: torch.device
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`centre_xy`'s column and row coordinates and the field's middle, made once per field."""
+    return (torch.arange(w, device=device, dtype=dtype), torch.arange(h, device=device, dtype=dtype),
+            torch.tensor([(w - 1) / 2, (h - 1) / 2], device=device, dtype=dtype))
 
 
 def digit_box_px(images_u8: torch.Tensor) -> torch.Tensor:
@@ -239,8 +244,8 @@ def render_width(knots: torch.Tensor, pen_width_px: torch.Tensor) -> torch.Tenso
     pen = pen_width_px.to(torch.float32)
     w = torch.minimum(torch.maximum(pen, safe[:, 0]), safe[:, -1])
     upper = torch.searchsorted(safe, w.unsqueeze(1)).clamp_(1, len(widths) - 1)  # (B, 1)
-    x0, x1 = safe.gather(1, upper - 1)[:, 0], safe.gather(1, upper)[:, 0]
-    y0, y1 = widths.index_select(0, upper[:, 0] - 1), widths.index_select(0, upper[:, 0])
+    ends = torch.cat([upper - 1, upper], 1)                                         # (B, 2)
+    (x0, x1), (y0, y1) = safe.gather(1, ends).unbind(1), widths[ends].unbind(1)
     calibrated = y0 + (y1 - y0) * (w - x0) / (x1 - x0)
     return torch.where(pen < PEN_RANGE[0], pen, calibrated)
 
