@@ -48,8 +48,9 @@ out = {"module": robustmnist.__file__, "seconds": {}, "hash": {}}
 try:  # the trainer's path: AUG_GROUP batches per apply call (or BENCH_AUG_GROUP)
     from robustmnist import training
     grouped = training.training_batches
-    group = int(os.environ.get("BENCH_AUG_GROUP") or training.AUG_GROUP)
-    out["group"] = group
+    forced = int(os.environ.get("BENCH_AUG_GROUP") or 0)
+    by_policy = getattr(training, "aug_group", lambda config: training.AUG_GROUP)
+    out["group"] = forced or "by policy"
 except AttributeError:  # a tree from before: one batch per call, as its trainer did
     grouped = None
 rungs_of = getattr(training, "stroke_rungs", None) if grouped is not None else None
@@ -63,7 +64,8 @@ def batches(config, g, perm):
                 tables[key] = rungs_of(images, config)
             extra["rungs"] = tables[key]
         yield from (x for _, x in grouped(images, perm, 512, config, g,
-                                          atlas if config.p_pen else None, group=group, **extra))
+                                          atlas if config.p_pen else None,
+                                          group=forced or by_policy(config), **extra))
         return
     for i in range(0, len(perm), 512):
         idx = perm[i:i + 512]
@@ -80,7 +82,9 @@ def one_pass(config, keep=0):
 for policy in policies:
     config = AugConfig.from_policy(policy)
     out["hash"][policy] = one_pass(config, keep=4)[1]  # and warms up
-    out["seconds"][policy] = statistics.median(one_pass(config)[0] for _ in range(passes))
+    times = [one_pass(config)[0] for _ in range(passes)]
+    out["seconds"][policy] = statistics.median(times)
+    out.setdefault("least_seconds", {})[policy] = min(times)  # the pass least interrupted
 print(json.dumps(out))
 """
 

@@ -125,7 +125,7 @@ def rotated(items: list[str], k: int) -> list[str]:
 def augmentation_pass(policy: str, device: torch.device, splits: Any, atlas: Any,
                       rungs: Any = None) -> float:
     """Seconds of one epoch's batches through the trainer's input path (`training_batches`:
-    gather, to [0, 1], `AUG_GROUP` batches per augmentation call, the stroke change from the
+    gather, to [0, 1], `aug_group` batches per augmentation call, the stroke change from the
     run's rung table where the trainer builds one); for ``none`` that path without
     augmentation."""
     config = aug_config(policy)

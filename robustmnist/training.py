@@ -44,11 +44,23 @@ METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_ac
 
 #: Training batches augmented per `apply` call (`training_batches`). Several per call share the
 #: per-call overhead of the augmentation's small ops, with the same floats, but on the 2-core
-#: CPU measured no faster: the ops are bound by memory, and a 512-digit batch (1.6 MB a
-#: tensor) stays in cache where four do not (`benchmarks/results/aug-group-2026-12-02-0815.md`:
-#: at 4 per call 0.84-1.34x the one-batch time per policy, faster only for refit-pen). Worth
-#: measuring again on a GPU, where launches cost more (`benchmarks/aug_group.py`).
+#: CPU measured no faster for most policies: their ops are bound by memory, and a 512-digit
+#: batch (1.6 MB a tensor) stays in cache where four do not (at 4 per call 0.98-1.27x the
+#: one-batch time by each size's least pass, `benchmarks/results/aug-group-2026-12-02-1926.md`).
+#: Worth measuring again on a GPU, where launches cost more (`benchmarks/aug_group.py`).
 AUG_GROUP = 1
+#: ... except for the policies that re-fit or fine-pen redrawn digits, whose augmentation is
+#: mostly small per-row operations (boxes, centres, matrices): 0.84-0.88x at 4 per call.
+AUG_GROUP_REFIT = 4
+
+
+def aug_group(config: AugConfig) -> int:
+    """Batches per `apply` call for `config` (`AUG_GROUP` or `AUG_GROUP_REFIT`).
+
+    >>> aug_group(AugConfig.from_policy("fine-pen+thickness+affine")), aug_group(AugConfig())
+    (4, 1)
+    """
+    return AUG_GROUP_REFIT if config.p_pen > 0 and (config.pen_refit > 0 or config.pen_fine > 0) else AUG_GROUP
 
 
 def training_batches(images_u8: torch.Tensor, order: torch.Tensor, batch_size: int,
@@ -57,7 +69,7 @@ def training_batches(images_u8: torch.Tensor, order: torch.Tensor, batch_size: i
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(indices, images in [0, 1]) of each batch of `order`, augmented exactly as batch by
     batch ``augment`` would: each batch's parameters are drawn in turn from `generator`, all
-    at the start (`augmentation.sample_batches`), then `group` (default `AUG_GROUP`) batches
+    at the start (`augmentation.sample_batches`), then `group` (default `aug_group`) batches
     are applied in one call (`augmentation.concat`).
     `atlas` and `rungs` (`stroke_rungs`) are the whole set's; the batches' rows are taken.
 
@@ -67,7 +79,7 @@ def training_batches(images_u8: torch.Tensor, order: torch.Tensor, batch_size: i
     ...                                               AugConfig.from_policy("thick"), g)]
     [(4, 1, 28, 28), (4, 1, 28, 28), (2, 1, 28, 28)]
     """
-    group = AUG_GROUP if group is None else group
+    group = aug_group(config) if group is None else group
     if group < 1:
         raise ValueError(f"group: need at least 1 batch per call, got {group}")
     drawn: list[AugParams] = []
