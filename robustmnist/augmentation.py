@@ -157,7 +157,7 @@ def _sample_equal(config: AugConfig, n: int, k: int, generator: torch.Generator)
     def rows(t: torch.Tensor | None) -> list[torch.Tensor | None]:
         return [None] * k if t is None else list(t.unbind(0))  # (k, n, ...): batch by batch
 
-    return [AugParams(d, m, w, r) for d, m, w, r in zip(rows(delta), rows(matrix), rows(pen_width),
+    return [AugParams(d, m, w, r) for d, m, w, r in zip(delta.unbind(0), rows(matrix), rows(pen_width),
                                                          rows(refit), strict=True)]
 
 
@@ -276,13 +276,16 @@ def refit_matrix(original: torch.Tensor | None, redrawn: torch.Tensor,
     (0.8333, [0.58, 3.92])
     """
     dtype = redrawn.dtype
-    if original is None and (original_side is None or original_centre is None):
-        raise ValueError("refit_matrix needs the original digits or their box sides and centres")
-    a = _box_side_px(original[:, 0]) if original_side is None else original_side.to(dtype)
+    if original is None:
+        if original_side is None or original_centre is None:
+            raise ValueError("refit_matrix needs the original digits or their box sides and centres")
+        a, c_old = original_side.to(dtype), original_centre.to(dtype)
+    else:
+        a = _box_side_px(original[:, 0]) if original_side is None else original_side.to(dtype)
+        c_old = centre_xy(original[:, 0]) if original_centre is None else original_centre.to(dtype)
     b = _box_side_px(redrawn[:, 0]) if redrawn_side is None else redrawn_side.to(dtype)
     scale = torch.where((a > 0) & (b > 0), a / b.clamp(min=1), 1.0).clamp_(1 / REFIT_LIMIT, REFIT_LIMIT)
     c_new = centre_xy(redrawn[:, 0])
-    c_old = centre_xy(original[:, 0]) if original_centre is None else original_centre.to(dtype)
     shift = c_old - scale.unsqueeze(1) * c_new
     zero = torch.zeros_like(scale)
     sx, sy = shift.unbind(1)
@@ -397,7 +400,8 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None,
                     centre = (drawn.centre_xy.index_select(0, chosen) if drawn.centre_xy is not None
                               and x.dtype == drawn.centre_xy.dtype and x.device.type == "cpu"
                               else None)
-                    originals = None if box is not None and centre is not None else x.index_select(0, fit_rows)
+                    known = box is not None and centre is not None
+                    originals = None if known else x.index_select(0, fit_rows)
                     refit = fit_rows, refit_matrix(originals,
                                                    pens.index_select(0, chosen), box,
                                                    _profile_side_px(peaks.index_select(0, chosen)),

@@ -60,7 +60,8 @@ def aug_group(config: AugConfig) -> int:
     >>> aug_group(AugConfig.from_policy("fine-pen+thickness+affine")), aug_group(AugConfig())
     (4, 1)
     """
-    return AUG_GROUP_REFIT if config.p_pen > 0 and (config.pen_refit > 0 or config.pen_fine > 0) else AUG_GROUP
+    small_ops = config.p_pen > 0 and (config.pen_refit > 0 or config.pen_fine > 0)
+    return AUG_GROUP_REFIT if small_ops else AUG_GROUP
 
 
 def training_batches(images_u8: torch.Tensor, order: torch.Tensor, batch_size: int,
