@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import platform
@@ -69,9 +70,17 @@ def current_umask() -> int:
 
 
 def write_error(path: Path, err: OSError) -> RobustMnistError:
-    """One line for a failed write: the path, the reason, the way out."""
-    return RobustMnistError(f"cannot write {path} ({err.strerror or err}); free some disk space "
-                            "or choose a writable location")
+    """One line for a failed write: the path, the reason, the way out (by the reason).
+
+    >>> import errno
+    >>> print(write_error(Path("a/b.json"), OSError(errno.ENOTDIR, "Not a directory")))
+    cannot write a/b.json (Not a directory); a folder on its path is a file: choose another path
+    """
+    fix = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some disk space",
+           errno.ENOTDIR: "a folder on its path is a file: choose another path",
+           errno.EISDIR: "it is a folder: name a file"}.get(err.errno or 0,
+                                                                "choose a writable location")
+    return RobustMnistError(f"cannot write {path} ({err.strerror or err}); {fix}")
 
 
 def write_bytes(path: Path, data: bytes) -> None:

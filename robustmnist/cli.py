@@ -302,7 +302,8 @@ def measure(
         artifacts.check_replaceable(out_csv, MEASURE_HEADER, "thickness CSV")
     m = measure_set(split, family, level, data_dir, logger(quiet))
     t = m.thickness
-    out.print(f"{split} {family} {level:g}: {len(t)} digits, thickness {np.nanmean(t):.2f} +/- "
+    out.print(f"{split} {family} {level:g}: {len(t)} digit{'s' * (len(t) != 1)}, thickness "
+              f"{np.nanmean(t):.2f} +/- "
               f"{np.nanstd(t):.2f} px (median {np.nanmedian(t):.2f}), ink ratio "
               f"{np.nanmean(m.ink_ratio):.2f}, {m.seconds:.1f}s")
     if reference is not None:
@@ -349,7 +350,8 @@ def augment_preview(
     images = load_split("train", data_dir, log=logger(quiet)).images[:digits]
     fig, deltas = preview_figure(images, config, draws, seed)
     save(fig, out_png)
-    out.print(f"wrote {out_png} ({len(images)} digits x {draws} draws; mean |stroke change| "
+    out.print(f"wrote {out_png} ({len(images)} digit{'s' * (len(images) != 1)} x {draws} "
+              f"draw{'s' * (draws != 1)}; mean |stroke change| "
               f"{float(abs(deltas).mean()):.2f} px)")
 
 
