@@ -49,8 +49,8 @@ try:  # the trainer's path: AUG_GROUP batches per apply call (or BENCH_AUG_GROUP
     from robustmnist import training
     grouped = training.training_batches
     forced = int(os.environ.get("BENCH_AUG_GROUP") or 0)
-    by_policy = getattr(training, "aug_group", lambda config: training.AUG_GROUP)
-    out["group"] = forced or "by policy"
+    by_policy = getattr(training, "aug_group", lambda config, device="cpu": training.AUG_GROUP)
+    out["group"] = forced or ("by policy" if hasattr(training, "aug_group") else training.AUG_GROUP)
 except AttributeError:  # a tree from before: one batch per call, as its trainer did
     grouped = None
 rungs_of = getattr(training, "stroke_rungs", None) if grouped is not None else None
@@ -81,7 +81,7 @@ def one_pass(config, keep=0):
     return time.perf_counter() - t0, digest.hexdigest()
 for policy in policies:
     config = AugConfig.from_policy(policy)
-    out["hash"][policy] = one_pass(config, keep=4)[1]  # and warms up
+    out["hash"][policy] = one_pass(config, keep=len(images))[1]  # every batch; and warms up
     times = [one_pass(config)[0] for _ in range(passes)]
     out["seconds"][policy] = statistics.median(times)
     out.setdefault("least_seconds", {})[policy] = min(times)  # the pass least interrupted

@@ -291,7 +291,8 @@ def render(m: dict[str, Any]) -> str:
             f"{m['standard_epoch_s']:.1f} s |",
             f"| robustmnist epoch, --aug none | {m['robustmnist_epoch_s']:.1f} s "
             f"(**{m['ratio_vs_standard']:.2f}x** the standard) |"]
-        for p, frac in m["aug_overhead_fraction"].items():
+        rank = {p: i for i, p in enumerate([*POLICIES, *VARIANTS])}  # a JSON file sorts its keys
+        for p, frac in sorted(m["aug_overhead_fraction"].items(), key=lambda kv: rank.get(kv[0], len(rank))):
             lines.append(f"| robustmnist epoch, {_label(p)} | {m['epoch_median_s'][p]:.1f} s (epoch "
                          f"difference {100 * frac:+.1f} %; augmentation alone "
                          f"{m['augmentation_alone_s'][p]:.2f} s = "
@@ -306,8 +307,8 @@ def render(m: dict[str, Any]) -> str:
     if "measure_10k_s" in m:
         lines.append(f"| measure thickness of 10,000 test digits | {m['measure_10k_s']:.1f} s |")
     for family, b in m.get("set_build_cold_s", {}).items():
-        lines.append(f"| build {family} ({b['levels']} levels x 10,000 digits), cold | "
-                     f"{b['seconds']:.1f} s |")
+        levels = f"{b['levels']} level{'s' * (b['levels'] != 1)}"
+        lines.append(f"| build {family} ({levels} x 10,000 digits), cold | {b['seconds']:.1f} s |")
     if "sweep_cold_s" in m:
         lines.append(f"| quickstart sweep ({m['sweep_sets']} sets), 1 checkpoint: cold / warm | "
                      f"{m['sweep_cold_s']:.1f} s / {m['sweep_warm_s']:.1f} s |")
@@ -329,7 +330,21 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the result files' names")
     parser.add_argument("--readme", action="store_true",
                         help="also write the table into README.md's Speed section")
+    parser.add_argument("--render", metavar="JSON", type=Path,
+                        help="only render a recorded run's table again (its .md; with --readme "
+                             "also the README's): after a change to the table's format")
     args = parser.parse_args()
+    if args.render is not None:
+        import json
+
+        recorded = json.loads(args.render.read_text())
+        text = render(recorded)
+        artifacts.write_text(args.render.with_suffix(".md"), text)
+        if args.readme:
+            readme = Path(__file__).parent.parent / "README.md"
+            artifacts.write_text(readme, replace_between(readme.read_text(), text, args.render.name))
+        print(text)
+        return
     skip = {s for s in args.skip.split(",") if s}
     chosen = [p for p in args.policies.split(",") if p]
     known = [*POLICIES, *VARIANTS]

@@ -78,6 +78,7 @@ def write_error(path: Path, err: OSError) -> RobustMnistError:
     """
     fix = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some disk space",
            errno.ENOTDIR: "a folder on its path is a file: choose another path",
+           errno.EEXIST: "a folder on its path is a file: choose another path",  # its mkdir
            errno.EISDIR: "it is a folder: name a file"}.get(err.errno or 0,
                                                                 "choose a writable location")
     return RobustMnistError(f"cannot write {path} ({err.strerror or err}); {fix}")

@@ -241,8 +241,9 @@ def _side_px(inked: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _ends(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(2, n) positions and fills whose maxima over the inked ones are (last, -first) of a
     profile (-1 and -n when none is inked: a side of at most 0)."""
-    idx = torch.arange(n, device=device)
-    return torch.stack([idx, -idx]), torch.tensor([[-1], [-n]], device=device).expand(2, n)
+    with torch.inference_mode(False):  # cached: no inference tensor
+        idx = torch.arange(n, device=device)
+        return torch.stack([idx, -idx]), torch.tensor([[-1], [-n]], device=device).expand(2, n)
 
 
 def _profile_side_px(peaks: torch.Tensor) -> torch.Tensor:
@@ -281,8 +282,9 @@ def refit_matrix(original: torch.Tensor | None, redrawn: torch.Tensor,
             raise ValueError("refit_matrix needs the original digits or their box sides and centres")
         a, c_old = original_side.to(dtype), original_centre.to(dtype)
     else:
-        a = _box_side_px(original[:, 0]) if original_side is None else original_side.to(dtype)
-        c_old = centre_xy(original[:, 0]) if original_centre is None else original_centre.to(dtype)
+        a = _box_side_px(original[:, 0]) if original_side is None else original_side.to(original.dtype)
+        c_old = (centre_xy(original[:, 0]) if original_centre is None
+                 else original_centre.to(original.dtype))
     b = _box_side_px(redrawn[:, 0]) if redrawn_side is None else redrawn_side.to(dtype)
     scale = torch.where((a > 0) & (b > 0), a / b.clamp(min=1), 1.0).clamp_(1 / REFIT_LIMIT, REFIT_LIMIT)
     c_new = centre_xy(redrawn[:, 0])
@@ -300,40 +302,37 @@ def warp(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     """
     h, w = x.shape[-2:]
     m = matrix.to(x.dtype)
-    a, b, c, d = m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1]
+    a, b, tx, c, d, ty = m[:, :2].reshape(-1, 6).unbind(1)
     det = a * d - b * c
-    inv = torch.stack([d, -b, -c, a], 1).view(-1, 2, 2) / det.view(-1, 1, 1)  # A^-1
-    k, k_across, k_same, xs, ys = _warp_constants(h, w, x.dtype, x.device)
-    # source (normalised) = L @ output (normalised) + o, with L = D^-1 A^-1 D and D = diag(k):
-    # L = A^-1 * k_across / k_same elementwise (1 on the diagonal: exact), o = A^-1 (k - t) / k - 1
-    lin = inv * k_across / k_same                                    # (B, 2, 2)
-    moved = inv * (k - m[:, :2, 2]).unsqueeze(1)                     # A^-1's columns times k - t
-    offset = (moved[:, :, 0] + moved[:, :, 1]) / k - 1               # (B, 2)
+    ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det        # inverse of the linear part
+    kx, ky = (w - 1) / 2, (h - 1) / 2                             # normalised <-> pixel
+    # source (normalised) = L @ output (normalised) + o, with L = D^-1 A^-1 D. Divided by
+    # Python numbers, not tensors: on CUDA that is a multiplication by the reciprocal, and
+    # runs replay only with the same arithmetic.
+    l00, l01, l10, l11 = ia, ib * ky / kx, ic * kx / ky, id_
+    o0 = (ia * (kx - tx) + ib * (ky - ty)) / kx - 1
+    o1 = (ic * (kx - tx) + id_ * (ky - ty)) / ky - 1
+    xs, ys = _grid_axes(h, w, x.dtype, x.device)
     # The x and y planes of the grid (B, 2, H, W), each contiguous, in one broadcast add;
     # grid_sample reads them through a (B, H, W, 2) view (it takes any strides): the same
     # numbers as writing the interleaved grid, and the whole warp 13 % cheaper (0.78 vs 0.90 ms
     # per 512-digit batch, medians of 8 alternations in one process, 2026-12-02).
-    per_column = lin[:, :, 0, None, None] * xs
-    per_row = lin[:, :, 1, None, None] * ys + offset[:, :, None, None]
+    per_column = torch.stack([l00, l10], 1).view(-1, 2, 1, 1) * xs
+    per_row = torch.stack([l01, l11], 1).view(-1, 2, 1, 1) * ys + torch.stack([o0, o1], 1).view(-1, 2, 1, 1)
     planes = per_column + per_row
     return F.grid_sample(x, planes.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros",
                          align_corners=True)
 
 
 @functools.cache
-def _warp_constants(h: int, w: int, dtype: torch.dtype, device: torch.device
-                    ) -> tuple[torch.Tensor, ...]:
-    """`warp`'s constants of an (h, w) field: k = ((w - 1) / 2, (h - 1) / 2) (normalised <->
-    pixel), its ratios' numerators and denominators as 2x2 grids (1 on the diagonal), and the
-    normalised x (1, 1, 1, w) and y (1, 1, h, 1) of the pixel centres. Made once per field."""
-    kx, ky = (w - 1) / 2, (h - 1) / 2
-    k = torch.tensor([kx, ky], dtype=dtype, device=device)
-    across = torch.tensor([[1.0, ky], [kx, 1.0]], dtype=dtype, device=device)
-    same = torch.tensor([[1.0, kx], [ky, 1.0]], dtype=dtype, device=device)
-    xs = torch.linspace(-1, 1, w, device=device, dtype=dtype).view(1, 1, 1, w)
-    ys = torch.linspace(-1, 1, h, device=device, dtype=dtype).view(1, 1, h, 1)
-    return k, across, same, xs, ys
-
+def _grid_axes(h: int, w: int, dtype: torch.dtype, device: torch.device
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`warp`'s normalised x (1, 1, 1, w) and y (1, 1, h, 1) of the pixel centres, made once
+    per field (outside inference mode: a cached inference tensor could not join autograd)."""
+    with torch.inference_mode(False):
+        xs = torch.linspace(-1, 1, w, device=device, dtype=dtype).view(1, 1, 1, w)
+        ys = torch.linspace(-1, 1, h, device=device, dtype=dtype).view(1, 1, h, 1)
+    return xs, ys
 
 def _at_full_ink(ink: torch.Tensor) -> torch.Tensor:
     """Each digit (B, 1, H, W) divided by its strongest pixel (a photo's contrast stretch);

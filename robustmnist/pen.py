@@ -178,8 +178,10 @@ def centre_xy(ink: torch.Tensor) -> torch.Tensor:
 def _centre_constants(h: int, w: int, dtype: torch.dtype, device: torch.device
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`centre_xy`'s column and row coordinates and the field's middle, made once per field."""
-    return (torch.arange(w, device=device, dtype=dtype), torch.arange(h, device=device, dtype=dtype),
-            torch.tensor([(w - 1) / 2, (h - 1) / 2], device=device, dtype=dtype))
+    with torch.inference_mode(False):  # cached: no inference tensor
+        return (torch.arange(w, device=device, dtype=dtype),
+                torch.arange(h, device=device, dtype=dtype),
+                torch.tensor([(w - 1) / 2, (h - 1) / 2], device=device, dtype=dtype))
 
 
 def digit_box_px(images_u8: torch.Tensor) -> torch.Tensor:
@@ -219,15 +221,17 @@ def _edge(width_px: torch.Tensor) -> torch.Tensor:
 
 
 def _ink(distance: torch.Tensor, edge: torch.Tensor) -> torch.Tensor:
-    """``(edge - distance / DIST_STEP).clamp(0, 1)`` in float32, the uint8 distances converted in
-    the subtraction (a power of two: times its inverse is the same quotient)."""
+    """``(edge - distance / DIST_STEP).clamp(0, 1)`` in float32 for uint8 `distance` (the atlas's),
+    the distances converted in the subtraction (a power of two: times its inverse is the same
+    quotient)."""
     return torch.sub(edge, distance, alpha=1 / DIST_STEP).clamp_(0, 1)
 
 
 @functools.cache
 def _knot_widths(device: torch.device) -> torch.Tensor:
     """The render widths of the calibration knots, float32, on `device` (made once there)."""
-    return torch.tensor((PEN_RANGE[0], *CALIBRATION_WIDTHS), device=device)
+    with torch.inference_mode(False):  # cached: no inference tensor
+        return torch.tensor((PEN_RANGE[0], *CALIBRATION_WIDTHS), device=device)
 
 
 def render_width(knots: torch.Tensor, pen_width_px: torch.Tensor) -> torch.Tensor:

@@ -49,19 +49,23 @@ METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_ac
 #: one-batch time by each size's least pass, `benchmarks/results/aug-group-2026-12-02-1926.md`).
 #: Worth measuring again on a GPU, where launches cost more (`benchmarks/aug_group.py`).
 AUG_GROUP = 1
-#: ... except for the policies that re-fit or fine-pen redrawn digits, whose augmentation is
-#: mostly small per-row operations (boxes, centres, matrices): 0.84-0.88x at 4 per call.
+#: ... except, on the CPU, for the policies that re-fit or fine-pen redrawn digits, whose
+#: augmentation is mostly small per-row operations (boxes, centres, matrices): 0.84-0.88x at 4
+#: per call there. (2 per call measured 0.84-0.90x for the stroke-only policies, ~0.005 s an
+#: epoch: not taken.) Elsewhere 1: other devices' sums may depend on the batch's shape, and a
+#: grouped call must give each row the floats of its own batch (tested on the CPU only).
 AUG_GROUP_REFIT = 4
 
 
-def aug_group(config: AugConfig) -> int:
-    """Batches per `apply` call for `config` (`AUG_GROUP` or `AUG_GROUP_REFIT`).
+def aug_group(config: AugConfig, device: torch.device | str = "cpu") -> int:
+    """Batches per `apply` call for `config` on `device` (`AUG_GROUP` or `AUG_GROUP_REFIT`).
 
-    >>> aug_group(AugConfig.from_policy("fine-pen+thickness+affine")), aug_group(AugConfig())
-    (4, 1)
+    >>> fine = AugConfig.from_policy("fine-pen+thickness+affine")
+    >>> aug_group(fine), aug_group(AugConfig()), aug_group(fine, "cuda")
+    (4, 1, 1)
     """
     small_ops = config.p_pen > 0 and (config.pen_refit > 0 or config.pen_fine > 0)
-    return AUG_GROUP_REFIT if small_ops else AUG_GROUP
+    return AUG_GROUP_REFIT if small_ops and torch.device(device).type == "cpu" else AUG_GROUP
 
 
 def training_batches(images_u8: torch.Tensor, order: torch.Tensor, batch_size: int,
@@ -80,7 +84,7 @@ def training_batches(images_u8: torch.Tensor, order: torch.Tensor, batch_size: i
     ...                                               AugConfig.from_policy("thick"), g)]
     [(4, 1, 28, 28), (4, 1, 28, 28), (2, 1, 28, 28)]
     """
-    group = aug_group(config) if group is None else group
+    group = aug_group(config, images_u8.device) if group is None else group
     if group < 1:
         raise ValueError(f"group: need at least 1 batch per call, got {group}")
     drawn: list[AugParams] = []

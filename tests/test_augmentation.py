@@ -488,7 +488,13 @@ def _one_draw_at_a_time(config, n, generator):
         angle = uniform(-config.affine_degrees, config.affine_degrees)
         shift = uniform(-config.affine_translate, config.affine_translate, 2 * n)
         zoom = uniform(1 - config.affine_scale, 1 + config.affine_scale)
-        matrix = affine_matrix(angle, shift.view(n, 2) * 28.0, zoom, center=13.5)
+        rad = angle * (math.pi / 180)  # affine_matrix as it was written before: a, b, tx, ty
+        a, b = zoom * torch.cos(rad), zoom * torch.sin(rad)
+        shift = shift.view(n, 2) * 28.0
+        tx = shift[:, 0] + 13.5 - (a - b) * 13.5
+        ty = shift[:, 1] + 13.5 - (a + b) * 13.5
+        zero, one = torch.zeros_like(a), torch.ones_like(a)
+        matrix = torch.stack([a, -b, tx, b, a, ty, zero, zero, one], 1).view(-1, 3, 3)
     refit = None
     if width is not None and config.pen_refit > 0:
         refit = (torch.rand(n, generator=generator) < config.pen_refit) & (width > 0)
@@ -516,3 +522,34 @@ def test_batched_draws_are_each_batchs_own_draws_to_the_bit(policy, sizes):
             assert (a is None) == (b is None), f.name
             assert a is None or (a.shape == b.shape and torch.equal(a, b)), (n, f.name)
     assert torch.equal(gb.get_state(), g.get_state())  # and the generator left where it was
+
+
+def test_box_sides_and_pen_ink_equal_their_plain_formulas_to_the_bit():
+    # The one-`where` box sides and the fused pen ink against the formulas they replace.
+    from robustmnist.augmentation import _side_px
+    from robustmnist.pen import DIST_STEP, render
+
+    g = torch.Generator().manual_seed(2)
+    inked = torch.rand(64, 2, 28, generator=g) < torch.rand(64, 1, 1, generator=g)
+    inked[:3] = False
+    idx = torch.arange(28)
+    first = torch.where(inked, idx, 28).amin(-1)
+    last = torch.where(inked, idx, -1).amax(-1)
+    assert torch.equal(_side_px(inked, torch.float32), (last - first + 1).clamp(min=0).amax(-1).float())
+    distance = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=g)
+    width = torch.rand(64, generator=g) * 9
+    edge = (width / 2 + 0.5).view(-1, 1, 1, 1)
+    assert torch.equal(render(distance, width), (edge - distance.float() / DIST_STEP).clamp(0, 1))
+
+
+def test_cached_constants_join_autograd_after_inference_mode():
+    from robustmnist.pen import centre_xy
+
+    with torch.inference_mode():
+        centre_xy(torch.rand(2, 5, 7))
+        warp(torch.rand(2, 1, 5, 7), torch.eye(3).expand(2, 3, 3))
+    ink = torch.rand(2, 5, 7, requires_grad=True)
+    centre_xy(ink).sum().backward()
+    x = torch.rand(2, 1, 5, 7, requires_grad=True)
+    warp(x, torch.eye(3).expand(2, 3, 3)).sum().backward()
+    assert ink.grad is not None and x.grad is not None

@@ -552,3 +552,16 @@ def _running(pid: int) -> bool:
             return f.read().split(") ")[-1][0] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_a_file_on_the_output_path_is_named_as_the_cause(tmp_path, depth):
+    # Directly under the file (mkdir: EEXIST) or deeper (ENOTDIR): the same fix is named.
+    from robustmnist import artifacts
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    target = blocker / "a" / "x.json" if depth == 2 else blocker / "x.json"
+    with pytest.raises(RobustMnistError, match="a folder on its path is a file: choose another path"):
+        artifacts.write_text(target, "y")
+    assert blocker.read_text() == "x"
