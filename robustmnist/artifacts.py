@@ -128,9 +128,10 @@ def claim_dir(path: Path, what: str = "folder") -> Path:
     return path
 
 
-def check_replaceable(path: Path, starts: bytes, what: str) -> Path:
+def check_replaceable(path: Path, starts: bytes, what: str, mark: bytes | None = None) -> Path:
     """Refuse to write the file `path` over something robustmnist did not write: an existing
-    file is replaced only when it begins with `starts` (the signature of a `what`).
+    file is replaced only when it begins with `starts` (the signature of a `what`) and, if
+    `mark` is given, holds it in its first 4 KiB (e.g. a PNG's ``Software`` text chunk).
 
     >>> check_replaceable(Path("no-such-file.png"), b"\\x89PNG", "PNG")
     PosixPath('no-such-file.png')
@@ -138,13 +139,19 @@ def check_replaceable(path: Path, starts: bytes, what: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise RobustMnistError(f"{path} is a folder; name a file for the {what}")
+    above = path.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():  # found before any work is done, not at the write
+        raise RobustMnistError(f"cannot write {path}: {above} is a file; a folder on its path is a "
+                               "file: choose another path")
     if path.exists():
         try:
             with open(path, "rb") as f:
-                head = f.read(len(starts))
+                head = f.read(max(len(starts), 4096 if mark else 0))
         except OSError as err:
             raise write_error(path, err) from None
-        if head != starts:
+        if not head.startswith(starts) or (mark is not None and mark not in head):
             raise RobustMnistError(f"{path} exists and is not a {what} robustmnist wrote; choose "
                                    "another path or move that file away")
     return path

@@ -298,6 +298,9 @@ def measure(
     if reference is not None and (family != "clean" or split != "test"):
         raise RobustMnistError("the reference describes the clean test set: use --split test "
                                "--family clean")
+    if reference is not None and not reference.is_file():
+        raise RobustMnistError(f"--reference {reference}: no such file; give Morpho-MNIST's "
+                               "t10k-morpho.csv")
     if out_csv is not None:  # before the work: a user's file is never replaced
         artifacts.check_replaceable(out_csv, MEASURE_HEADER, "thickness CSV")
     m = measure_set(split, family, level, data_dir, logger(quiet))
@@ -337,7 +340,7 @@ def augment_preview(
     """Write a PNG grid: the same training digits under several draws of a policy."""
     from robustmnist import artifacts
     from robustmnist.data import load_split
-    from robustmnist.plots import preview_figure, save
+    from robustmnist.plots import PNG_MARK, preview_figure, save
 
     if not (1 <= digits <= 64 and 1 <= draws <= 32):
         raise RobustMnistError(f"--digits {digits} / --draws {draws}: choose 1-64 digits and 1-32 draws")
@@ -345,7 +348,7 @@ def augment_preview(
         raise RobustMnistError(f"--seed {seed}: choose a seed in [0, {MAX_SEED}]")
     if out_png.suffix.lower() != ".png" and not out_png.is_dir():
         raise RobustMnistError(f"--out {out_png}: the preview is a PNG image; name a .png file")
-    artifacts.check_replaceable(out_png, PNG_SIGNATURE, "PNG")
+    artifacts.check_replaceable(out_png, PNG_SIGNATURE, "PNG", PNG_MARK)  # only a preview of ours
     config = aug_from_options(aug, aug_range, aug_p, aug_refit)
     images = load_split("train", data_dir, log=logger(quiet)).images[:digits]
     fig, deltas = preview_figure(images, config, draws, seed)

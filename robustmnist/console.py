@@ -22,7 +22,7 @@ from robustmnist.allocator import keep_freed_memory
 
 # markup=False: user text (file names like "scan[1].png", messages naming [[variants]]) is
 # printed as it is, never read as Rich markup.
-out = Console(markup=False)
+out = Console(markup=False, soft_wrap=True)  # a result line stays whole when piped
 err = Console(stderr=True, markup=False)
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -13,12 +13,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from robustmnist import artifacts
+from robustmnist import __version__, artifacts
+
+#: The PNG text chunk robustmnist signs its images with (``Software``): a file that holds it
+#: is one robustmnist may replace (`artifacts.check_replaceable`).
+PNG_MARK = b"Software\x00robustmnist"
 
 
 def save(fig: plt.Figure, path: Path) -> Path:
     with artifacts.atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight",
+                    metadata={"Software": f"robustmnist {__version__}"})
     plt.close(fig)
     return Path(path)
 

@@ -190,6 +190,22 @@ def test_augment_preview(tiny_data_dir, tmp_path):
     result = invoke("augment", "preview", "--out", tmp_path / "p.png", "--digits", "3", "--draws", "4")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "p.png").stat().st_size > 1000
+    again = invoke("augment", "preview", "--out", tmp_path / "p.png", "--digits", "1", "--draws", "1")
+    assert again.exit_code == 0, again.output  # its own preview is replaced
+    assert "(1 digit x 1 draw;" in again.output
+
+
+def test_augment_preview_keeps_a_png_it_did_not_write(tiny_data_dir, tmp_path):
+    import matplotlib.pyplot as plt
+
+    photo = tmp_path / "photo.png"
+    fig = plt.figure(figsize=(1, 1))
+    fig.savefig(photo, format="png")  # a PNG, but not robustmnist's
+    plt.close(fig)
+    before = photo.read_bytes()
+    result = invoke("augment", "preview", "--out", photo, "--digits", "1", "--draws", "1")
+    assert result.exit_code != 0 and "is not a PNG robustmnist wrote" in result.output
+    assert photo.read_bytes() == before
 
 
 def test_run_experiment_then_rerun_does_nothing(tmp_path, tiny_data_dir):
@@ -256,3 +272,15 @@ def test_messages_print_user_text_as_it_is(tmp_path):
     result = invoke("report", missing)
     assert result.exit_code == 1
     assert "nope[blue]" in result.output and result.output.startswith("error:")
+
+
+def test_measure_refuses_bad_paths_before_the_work(tiny_data_dir, tmp_path, monkeypatch):
+    from robustmnist import evaluation
+
+    monkeypatch.setattr(evaluation, "measure_set", lambda *a, **k: pytest.fail("measured first"))
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    bad_out = invoke("measure", "--out", blocker / "m.csv")
+    assert bad_out.exit_code != 0 and "a folder on its path is a file" in bad_out.output
+    bad_ref = invoke("measure", "--reference", tmp_path / "missing.csv")
+    assert bad_ref.exit_code != 0 and "no such file" in bad_ref.output
