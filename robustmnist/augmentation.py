@@ -90,7 +90,8 @@ def sample(config: AugConfig, batch_size: int, generator: torch.Generator) -> Au
 def sample_batches(config: AugConfig, sizes: Sequence[int], generator: torch.Generator
                    ) -> list[AugParams]:
     """`sample` of each batch size in `sizes` in turn, the same parameters, in a few dozen
-    tensor operations for the whole list instead of a few dozen per batch.
+    tensor operations for the whole list (and a sine and a cosine per batch) instead of a few
+    dozen per batch.
 
     On the CPU a run of equal sizes takes its numbers in one ``torch.rand`` call (the CPU
     generator fills consecutive numbers: one draw of k x L numbers is k draws of L); on other
