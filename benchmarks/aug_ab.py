@@ -21,6 +21,7 @@ import argparse
 import datetime as dt
 import statistics
 from pathlib import Path
+from typing import Any
 
 from ab import ROOT, alternate, in_tree
 
@@ -109,6 +110,21 @@ def policy_list(text: str) -> list[str]:
     return ["none", *[p for p in text.split(",") if p and p != "none"]]
 
 
+def alone_tables(runs: dict[Any, list[dict]], policies: list[str]) -> tuple[dict, dict, dict]:
+    """Per key of `runs` (a tree, a group size) and policy: the median of its processes' median
+    passes, the augmentation alone from them (minus ``none``), and the augmentation alone
+    from the least pass of all its processes (on a VM whose passes vary 2x, the cost without
+    the interruptions: medians can rank two configurations by chance)."""
+    def alone(passes: dict[Any, dict[str, float]]) -> dict[Any, dict[str, float]]:
+        return {w: {p: max(m[p] - m["none"], 0.0) for p in policies if p != "none"}
+                for w, m in passes.items()}
+
+    med = {w: {p: statistics.median(r["seconds"][p] for r in rs) for p in policies}
+           for w, rs in runs.items()}
+    least = {w: {p: min(r["least_seconds"][p] for r in rs) for p in policies} for w, rs in runs.items()}
+    return med, alone(med), alone(least)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--base", default="9068f3b", help="earlier revision to compare with")
@@ -118,12 +134,7 @@ def main() -> None:
     policies = policy_list(args.policies)
     runs = alternate(args.base, args.rounds, lambda tree: timed(tree, policies, args.passes),
                      lambda r: {k: round(v, 3) for k, v in r["seconds"].items()})
-    med = {w: {p: statistics.median(r["seconds"][p] for r in rs) for p in policies}
-           for w, rs in runs.items()}
-    alone = {w: {p: max(m[p] - m["none"], 0.0) for p in policies if p != "none"} for w, m in med.items()}
-    least = {w: {p: min(r["least_seconds"][p] for r in rs) for p in policies} for w, rs in runs.items()}
-    least_alone = {w: {p: max(m[p] - m["none"], 0.0) for p in policies if p != "none"}
-                   for w, m in least.items()}
+    med, alone, least_alone = alone_tables(runs, policies)
     same = {p: len({r["hash"][p] for rs in runs.values() for r in rs}) == 1 for p in policies}
     when = dt.datetime.now(dt.UTC)
     record = {"date": when.isoformat(timespec="seconds"), "machine": machine_info("cpu"),

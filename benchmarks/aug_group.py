@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import statistics
 from typing import Any
 
 from ab import ROOT
-from aug_ab import RESULTS, policy_list, policy_options, timed
+from aug_ab import RESULTS, alone_tables, policy_list, policy_options, timed
 
 from robustmnist import artifacts
 from robustmnist.artifacts import git_revision, machine_info
@@ -35,15 +34,7 @@ def main() -> None:
         for g in groups[r % len(groups):] + groups[:r % len(groups)]:
             runs[g].append(timed(ROOT, policies, args.passes, group=g))
             print(g, {k: round(v, 3) for k, v in runs[g][-1]["seconds"].items()}, flush=True)
-    med = {g: {p: statistics.median(x["seconds"][p] for x in rs) for p in policies}
-           for g, rs in runs.items()}
-    alone = {g: {p: max(m[p] - m["none"], 0.0) for p in policies if p != "none"}
-             for g, m in med.items()}
-    # The least pass of all processes: on a VM whose passes vary 2x, the cost without the
-    # interruptions (medians can rank the sizes by chance).
-    least = {g: {p: min(x["least_seconds"][p] for x in rs) for p in policies} for g, rs in runs.items()}
-    least_alone = {g: {p: max(m[p] - m["none"], 0.0) for p in policies if p != "none"}
-                   for g, m in least.items()}
+    med, alone, least_alone = alone_tables(runs, policies)
     same = {p: len({x["hash"][p] for rs in runs.values() for x in rs}) == 1 for p in policies}
     when = dt.datetime.now(dt.UTC)
     machine = machine_info("cpu")

@@ -18,6 +18,7 @@ from robustmnist.console import (
     handles_errors,
     logger,
     out,
+    plural,
     prediction_table,
     sweep_table,
 )
@@ -154,7 +155,7 @@ def train(
                       progress=None if quiet else RichProgress(epochs), log=logger(quiet))  # type: ignore[arg-type]
     final = result.metrics[-1] if result.metrics else {}
     out.print(f"{run_dir}: test accuracy {100 * final.get('test_accuracy', float('nan')):.2f}% "
-              f"after {len(result.metrics)} epoch{'s' * (len(result.metrics) != 1)}"
+              f"after {plural(len(result.metrics), 'epoch')}"
               + (f" ({result.seconds:.0f}s)" if result.seconds else " (already complete)"))
 
 
@@ -305,7 +306,7 @@ def measure(
         artifacts.check_replaceable(out_csv, MEASURE_HEADER, "thickness CSV")
     m = measure_set(split, family, level, data_dir, logger(quiet))
     t = m.thickness
-    out.print(f"{split} {family} {level:g}: {len(t)} digit{'s' * (len(t) != 1)}, thickness "
+    out.print(f"{split} {family} {level:g}: {plural(len(t), 'digit')}, thickness "
               f"{np.nanmean(t):.2f} +/- "
               f"{np.nanstd(t):.2f} px (median {np.nanmedian(t):.2f}), ink ratio "
               f"{np.nanmean(m.ink_ratio):.2f}, {m.seconds:.1f}s")
@@ -353,8 +354,8 @@ def augment_preview(
     images = load_split("train", data_dir, log=logger(quiet)).images[:digits]
     fig, deltas = preview_figure(images, config, draws, seed)
     save(fig, out_png)
-    out.print(f"wrote {out_png} ({len(images)} digit{'s' * (len(images) != 1)} x {draws} "
-              f"draw{'s' * (draws != 1)}; mean |stroke change| "
+    out.print(f"wrote {out_png} ({plural(len(images), 'digit')} x {plural(draws, 'draw')}; "
+              "mean |stroke change| "
               f"{float(abs(deltas).mean()):.2f} px)")
 
 

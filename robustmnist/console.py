@@ -128,3 +128,12 @@ def prediction_table(names: list[str]) -> Table:
     for name in names:
         table.add_column(name)
     return table
+
+
+def plural(n: int, word: str) -> str:
+    """``n word`` or ``n words``.
+
+    >>> plural(1, "digit"), plural(3, "draw")
+    ('1 digit', '3 draws')
+    """
+    return f"{n} {word}{'s' * (n != 1)}"
