@@ -45,7 +45,16 @@ import torch.nn.functional as F
 
 from robustmnist.config import POLICIES, AugConfig
 from robustmnist.morphology import LADDER_RANGE, RungTable, apply_stroke_delta, rung_table
-from robustmnist.pen import FINE_PEN_PX, PEN_RANGE, PenAtlas, build_atlas, centre_xy, draw_profile
+from robustmnist.pen import (
+    FINE_PEN_PX,
+    PEN_RANGE,
+    PenAtlas,
+    build_atlas,
+    centre_xy,
+    draw_profile,
+    profile_side_px,
+    side_px,
+)
 
 __all__ = ["POLICIES", "AugConfig", "AugParams", "PenAtlas", "RungTable", "apply", "augment",
            "concat", "preview", "rungs_for", "sample", "sample_batches"]
@@ -215,15 +224,10 @@ def _box_side_px(ink: torch.Tensor) -> torch.Tensor:
     >>> _box_side_px(ink).tolist()
     [20.0, 0.0]
     """
-    h, w = ink.shape[-2:]
-    n = max(h, w)  # both profiles in one (B, 2, n) tensor (a shorter one padded with no ink)
     # Sums of the ink above the float just below half (> 0 exactly where some ink >= 0.5):
     # ~5x cheaper on the CPU than max over 28-wide rows.
     over = (ink - _below_half(ink.dtype, ink.device)).clamp_(min=0)
-    inked = torch.zeros(ink.shape[0], 2, n, dtype=torch.bool, device=ink.device)
-    inked[:, 0, :h] = over.sum(-1) > 0
-    inked[:, 1, :w] = over.sum(-2) > 0
-    return _side_px(inked, ink.dtype)
+    return profile_side_px(over.sum(-1) > 0, over.sum(-2) > 0, ink.dtype)
 
 
 def _below_half(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -232,25 +236,10 @@ def _below_half(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.nextafter(half, zero).to(device)
 
 
-def _side_px(inked: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B,) the longer extent, first to last, of (B, 2, n) inked rows and columns."""
-    ends = torch.where(inked.unsqueeze(-2), *_ends(inked.shape[-1], inked.device)).amax(-1)
-    return (ends[..., 0] + ends[..., 1] + 1).clamp_(min=0).amax(-1).to(dtype)  # last - first + 1
-
-
-@functools.cache
-def _ends(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(2, n) positions and fills whose maxima over the inked ones are (last, -first) of a
-    profile (-1 and -n when none is inked: a side of at most 0)."""
-    with torch.inference_mode(False):  # cached: no inference tensor
-        idx = torch.arange(n, device=device)
-        return torch.stack([idx, -idx]), torch.tensor([[-1], [-n]], device=device).expand(2, n)
-
-
 def _profile_side_px(peaks: torch.Tensor) -> torch.Tensor:
     """`_box_side_px` of images from their strongest ink per row and column (B, 1, 2, n)
     (``pen.draw_profile``): the same sides."""
-    return _side_px(peaks[:, 0] >= 0.5, peaks.dtype)  # = ink > the float below half
+    return side_px(peaks[:, 0] >= 0.5, peaks.dtype)  # = ink > the float below half
 
 
 #: Re-fitting scales a redrawn digit by at most this factor either way.

@@ -195,14 +195,33 @@ def digit_box_px(images_u8: torch.Tensor) -> torch.Tensor:
     [20.0, 0.0]
     """
     inked = images_u8[:, 0] >= 128
-    sides = []
-    for profile in (inked.any(-1), inked.any(-2)):
-        n = profile.shape[-1]
-        idx = torch.arange(n, device=profile.device)
-        first = torch.where(profile, idx, n).amin(-1)
-        last = torch.where(profile, idx, -1).amax(-1)
-        sides.append((last - first + 1).clamp_(min=0))
-    return torch.maximum(*sides).to(torch.float32)
+    return profile_side_px(inked.any(-1), inked.any(-2), torch.float32)
+
+
+def profile_side_px(rows: torch.Tensor, cols: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B,) the longer side of each box whose inked rows (B, H) and columns (B, W) are given,
+    first to last (0 when none is inked): `side_px` of one (B, 2, max(H, W)) tensor, the
+    shorter profile padded with no ink."""
+    h, w = rows.shape[-1], cols.shape[-1]
+    inked = torch.zeros(rows.shape[0], 2, max(h, w), dtype=torch.bool, device=rows.device)
+    inked[:, 0, :h] = rows
+    inked[:, 1, :w] = cols
+    return side_px(inked, dtype)
+
+
+def side_px(inked: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B,) the longer extent, first to last, of (B, 2, n) inked rows and columns."""
+    ends = torch.where(inked.unsqueeze(-2), *_ends(inked.shape[-1], inked.device)).amax(-1)
+    return (ends[..., 0] + ends[..., 1] + 1).clamp_(min=0).amax(-1).to(dtype)  # last - first + 1
+
+
+@functools.cache
+def _ends(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(2, n) positions and fills whose maxima over the inked ones are (last, -first) of a
+    profile (-1 and -n when none is inked: a side of at most 0)."""
+    with torch.inference_mode(False):  # cached: no inference tensor
+        idx = torch.arange(n, device=device)
+        return torch.stack([idx, -idx]), torch.tensor([[-1], [-n]], device=device).expand(2, n)
 
 
 def render(distance: torch.Tensor, width_px: torch.Tensor) -> torch.Tensor:

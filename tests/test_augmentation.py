@@ -526,8 +526,8 @@ def test_batched_draws_are_each_batchs_own_draws_to_the_bit(policy, sizes):
 
 def test_box_sides_and_pen_ink_equal_their_plain_formulas_to_the_bit():
     # The one-`where` box sides and the fused pen ink against the formulas they replace.
-    from robustmnist.augmentation import _side_px
     from robustmnist.pen import DIST_STEP, render
+    from robustmnist.pen import side_px as _side_px
 
     g = torch.Generator().manual_seed(2)
     inked = torch.rand(64, 2, 28, generator=g) < torch.rand(64, 1, 1, generator=g)
