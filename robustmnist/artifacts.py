@@ -30,11 +30,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
     A crash or Ctrl-C in the block leaves the previous `path` untouched.
     """
     path = Path(path)
-    if path.is_dir():
-        raise RobustMnistError(f"{path} is a folder; name a file to write")
     try:
+        if path.is_dir():
+            raise RobustMnistError(f"{path} is a folder; name a file to write")
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_short(path.name)}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         raise write_error(path, err) from None
     os.close(fd)
@@ -48,6 +48,16 @@ def atomic_path(path: Path) -> Iterator[Path]:
             raise write_error(path, err) from None
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _short(name: str, limit: int = 200) -> str:
+    """`name` cut to at most `limit` bytes of UTF-8 (whole characters): a temporary file's
+    name stays within the 255 bytes a file system allows, however long the file's own.
+
+    >>> _short("é" * 150) == "é" * 100, _short("run.json")
+    (True, 'run.json')
+    """
+    return name.encode()[:limit].decode(errors="ignore")
 
 
 def remove_stale_temp_files(folder: Path) -> list[Path]:
@@ -79,8 +89,9 @@ def write_error(path: Path, err: OSError) -> RobustMnistError:
     fix = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some disk space",
            errno.ENOTDIR: "a folder on its path is a file: choose another path",
            errno.EEXIST: "a folder on its path is a file: choose another path",  # its mkdir
-           errno.EISDIR: "it is a folder: name a file"}.get(err.errno or 0,
-                                                                "choose a writable location")
+           errno.EISDIR: "it is a folder: name a file",
+           errno.ENAMETOOLONG: "the name is too long: choose a shorter one",
+           }.get(err.errno or 0, "choose a writable location")
     return RobustMnistError(f"cannot write {path} ({err.strerror or err}); {fix}")
 
 

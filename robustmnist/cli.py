@@ -41,8 +41,10 @@ DataDir = Annotated[Path | None, typer.Option(
     "or ~/.cache/robustmnist.", show_default=False)]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, only results.")]
-Family = Annotated[str, typer.Option(help="clean | delta | absolute | ladder (test split only)")]
-Level = Annotated[float, typer.Option(help="Level of the family, px.")]
+Family = Annotated[str, typer.Option(help="clean | delta | absolute | ladder | photo (the perturbed ones: "
+                                          "test split only)")]
+Level = Annotated[float, typer.Option(help="Level of the family: px (photo: the pen's width over the "
+                                         "digit's height, 0.01-0.35).")]
 
 
 def _version(value: bool) -> None:
@@ -150,6 +152,9 @@ def train(
                         "--", aug=aug_from_options(aug, aug_range, aug_p, aug_refit))
     set_threads(threads)
     run_dir = run_dir or Path("runs") / f"{default_variant(config)}-seed{seed}"
+    if resume and not run_dir.exists():  # a mistyped folder would start a new run silently
+        raise RobustMnistError(f"--resume: {run_dir} does not exist, so there is no run to "
+                               "continue; check the path (or --out), or drop --resume to start one")
     logger(quiet)(f"training {model} with aug={aug} on {resolve_device(device)} -> {run_dir}")
     result = train_fn(config, run_dir, resume=resume, force=force, data_dir=data_dir,
                       progress=None if quiet else RichProgress(epochs), log=logger(quiet))  # type: ignore[arg-type]

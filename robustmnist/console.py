@@ -3,12 +3,14 @@ CLI layer: the library never prints."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import signal
 import tempfile
 import threading
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -45,7 +47,7 @@ def handles_errors(fn: F) -> F:
             previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             keep_freed_memory()  # a step's freed memory reused, not page-faulted in again
-            return fn(*args, **kwargs)
+            return fn(*args, **{k: _home_expanded(v) for k, v in kwargs.items()})
         except (typer.Exit, typer.Abort):
             raise
         except RobustMnistError as e:
@@ -57,7 +59,9 @@ def handles_errors(fn: F) -> F:
             raise typer.Exit(130) from None
         except OSError as e:
             where = f"{e.filename}: " if e.filename else ""
-            fail(f"{where}{e.strerror or e}; check the path, its permissions and free disk space")
+            fix = ("choose a shorter name" if e.errno == errno.ENAMETOOLONG
+                   else "check the path, its permissions and free disk space")
+            fail(f"{where}{e.strerror or e}; {fix}")
         except Exception as e:  # the last line of defence: one line, traceback in a file
             with tempfile.NamedTemporaryFile("w", prefix="robustmnist-crash-", suffix=".txt",
                                              delete=False) as f:
@@ -69,6 +73,22 @@ def handles_errors(fn: F) -> F:
                 signal.signal(signal.SIGTERM, previous)
         raise typer.Exit(1)
     return wrapper  # type: ignore[return-value]
+
+
+def _home_expanded(value: Any) -> Any:
+    """A path option's value with a leading ``~`` or ``~user`` expanded (the shell leaves it in
+    ``--out=~/x``), also in a list of paths; any other value as it is.
+
+    >>> _home_expanded(Path("~/runs")) == Path.home() / "runs"
+    True
+    >>> _home_expanded([Path("a~"), Path("~")]) == [Path("a~"), Path.home()], _home_expanded("~")
+    (True, '~')
+    """
+    if isinstance(value, Path):
+        return value.expanduser() if str(value).startswith("~") else value
+    if isinstance(value, list) and value and all(isinstance(v, Path) for v in value):
+        return [_home_expanded(v) for v in value]
+    return value
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -80,10 +80,14 @@ def check_level(family: str, level: float) -> None:
     if family not in LEVEL_RANGE:
         raise RobustMnistError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
     lo, hi = LEVEL_RANGE[family]
+    if lo == hi != level:
+        raise RobustMnistError(f"{family} has one level, {lo:g}; drop --level (got {level!r})")
     if not lo <= level <= hi:
         unit = LEVEL_UNIT.get(family, "px")
         # repr, not %g: 8.000001 must not read as 8 next to a limit of 8
-        raise RobustMnistError(f"{family} level {level!r} is outside [{lo:g}, {hi:g}] {unit}")
+        raise RobustMnistError(f"{family} level {level!r} is outside [{lo:g}, {hi:g}] {unit}; "
+                               f"pass a level in that range (the defaults: "
+                               f"{', '.join(f'{v:g}' for v in DEFAULT_LEVELS.get(family, (lo,)))})")
     if family == "delta" and level != 0 and (abs(level) * 2 * UPSCALE / 2) % 1:
         raise RobustMnistError(f"delta level {level:g}: must be a multiple of 0.25 px "
                                "(disk radius is whole pixels at x4)")

@@ -565,3 +565,54 @@ def test_a_file_on_the_output_path_is_named_as_the_cause(tmp_path, depth):
     with pytest.raises(RobustMnistError, match="a folder on its path is a file: choose another path"):
         artifacts.write_text(target, "y")
     assert blocker.read_text() == "x"
+
+
+# --------------------------------------------------------------------------- paths and start-up
+
+def test_resume_of_a_folder_that_does_not_exist_is_refused(tmp_path, tiny_data_dir):
+    """A mistyped --out with --resume must not start a fresh run somewhere else."""
+    one_error_line(invoke("train", "--device", "cpu", "--resume", "--out", tmp_path / "typo"),
+                   "--resume", "typo", "does not exist", "drop --resume")
+    assert not (tmp_path / "typo").exists()
+
+
+def test_a_home_path_the_shell_left_alone_is_expanded(tmp_path, tiny_data_dir, monkeypatch):
+    """``--out=~/x`` reaches the program as a literal '~': it means the home folder."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    result = invoke("measure", "--out=~/m.csv", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (home / "m.csv").is_file() and not (tmp_path / "~").exists()
+
+
+def test_a_long_file_name_is_written_and_a_too_long_one_is_one_line(tmp_path):
+    longest = tmp_path / ("a" * 251 + ".csv")  # 255 bytes: the most a name may have
+    artifacts.write_text(longest, "x")
+    assert longest.read_text() == "x" and os.listdir(tmp_path) == [longest.name]
+    wide = tmp_path / ("é" * 100 + ".json")  # 204 bytes of UTF-8: the temp name is cut by bytes
+    artifacts.write_text(wide, "y")
+    assert wide.read_text() == "y"
+    with pytest.raises(RobustMnistError, match="too long: choose a shorter one"):
+        artifacts.write_text(tmp_path / ("a" * 252 + ".csv"), "x")
+
+
+def test_ctrl_c_while_the_cli_loads_is_one_line(monkeypatch, capsys):
+    """Ctrl-C during the seconds `import torch` takes: exit 130 and a line, not a traceback."""
+    import sys
+
+    from robustmnist.__main__ import main
+
+    class Interrupting:  # an import finder that behaves as Ctrl-C arriving mid-import
+        def find_spec(self, name, path=None, target=None):
+            if name == "robustmnist.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "robustmnist.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 130
+    assert capsys.readouterr().err == "interrupted while starting: nothing was run or written\n"

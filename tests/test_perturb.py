@@ -26,6 +26,7 @@ def digits(tiny_arrays):
     ("delta", 9.0, "outside"), ("absolute", 0.0, "outside"), ("ladder", 1.5, "choose one of"),
     ("delta", 0.3, "multiple of 0.25"), ("blur", 1.0, "unknown family"),
     ("photo", 0.0, "outside"), ("photo", 0.5, "of the digit's height"),
+    ("photo", 0.0, r"the defaults: 0\.03, 0\.05"), ("clean", 1.0, "one level, 0; drop --level"),
 ])
 def test_bad_levels(family, level, match):
     with pytest.raises(RobustMnistError, match=match):
