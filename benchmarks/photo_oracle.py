@@ -60,6 +60,8 @@ def main() -> None:
     parser.add_argument("--levels", default="0.03,0.12,0.20,0.25",
                         help="photo test levels to read (comma-separated)")
     parser.add_argument("--work", type=Path, default=Path("results/photo-oracle"))
+    parser.add_argument("--affine", action="store_true", help="also the small random affine "
+                        "of the +affine policies on every training digit (no stroke change)")
     parser.add_argument("--limit", type=int, default=None, help="the first N training digits "
                         "only (a smoke check of this script; the figures need all 60,000)")
     args = parser.parse_args()
@@ -73,8 +75,10 @@ def main() -> None:
     mixed = split_from_arrays(np.concatenate([images, photos]), np.concatenate([labels, labels]),
                               "train+photo")
     config = TrainConfig(epochs=args.epochs, model=args.model, seed=args.seed, device="cpu",
-                         aug=AugConfig.from_policy("none"))
-    run = args.work / f"oracle-{args.fraction:g}-{args.model}-seed{args.seed}-{len(images)}"
+                         aug=AugConfig.from_policy("thickness+affine", p_untouched=1.0)
+                         if args.affine else AugConfig.from_policy("none"))
+    tag = f"{args.fraction:g}-{args.model}{'-affine' * args.affine}-seed{args.seed}"
+    run = args.work / f"oracle-{tag}-{len(images)}"
     t0 = time.perf_counter()
     train(config, run, resume=True, train_split=mixed, test_split=test_split, progress=Progress(),
           variant=f"photo-oracle-{args.fraction:g}")
@@ -94,17 +98,21 @@ def main() -> None:
               "machine": f"{machine['host_cpu']}, {machine['cpu_count']} cores, "
                          f"{machine['torch_threads']} torch threads, torch {machine['torch']}",
               "tree": tree, "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    stem = (RESULTS if args.limit is None else args.work) / (
-        f"photo-oracle-{args.fraction:g}-{args.model}-seed{args.seed}")
-    artifacts.write_json(stem.with_suffix(".json"), result)
+    name = f"photo-oracle-{tag}"
+    extra = ("the small random affine on every digit, no stroke change" if args.affine
+             else "no other augmentation")
+    folder = RESULTS if args.limit is None else args.work
+    artifacts.write_json(folder / f"{name}.json", result)
     rows = "\n".join(f"| {k} | {100 * v:.2f} % |" for k, v in read.items())
-    artifacts.write_text(stem.with_suffix(".md"), (
+    artifacts.write_text(folder / f"{name}.md", (
         f"`python benchmarks/photo_oracle.py --fraction {args.fraction:g} --model {args.model} "
-        f"--epochs {args.epochs} --seed {args.seed}` ({result['measured']}, {result['machine']}, "
+        f"--epochs {args.epochs} --seed {args.seed}{' --affine' * args.affine}` "
+        f"({result['measured']}, {result['machine']}, "
         f"tree {tree}): the {args.model} net trained {args.epochs} epochs on the {len(images):,} "
         f"clean training digits plus the same digits photographed at pen {args.fraction:g} of their "
         f"height ({blank} blank after preprocessing; built in {build_s:.0f} s, 0 = cached), "
-        f"no other augmentation; training {train_s / 60:.1f} min.\n\n"
+        f"{extra}; "
+        f"training {train_s / 60:.1f} min.\n\n"
         "| test set | accuracy |\n|---|---|\n" + rows + "\n"))
     print(json.dumps(read, indent=1))
 
