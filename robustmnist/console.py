@@ -85,7 +85,13 @@ def _home_expanded(value: Any) -> Any:
     (True, '~')
     """
     if isinstance(value, Path):
-        return value.expanduser() if str(value).startswith("~") else value
+        if not str(value).startswith("~"):
+            return value
+        try:
+            return value.expanduser()
+        except RuntimeError:  # ~name of no user here
+            raise RobustMnistError(f"{value}: {value.parts[0]} is no user's home folder here; "
+                                   "write the path out in full") from None
     if isinstance(value, list) and value and all(isinstance(v, Path) for v in value):
         return [_home_expanded(v) for v in value]
     return value

@@ -585,6 +585,8 @@ def test_a_home_path_the_shell_left_alone_is_expanded(tmp_path, tiny_data_dir, m
     result = invoke("measure", "--out=~/m.csv", "--quiet")
     assert result.exit_code == 0, result.output
     assert (home / "m.csv").is_file() and not (tmp_path / "~").exists()
+    one_error_line(invoke("measure", "--out=~no-such-user-here/m.csv"), "~no-such-user-here",
+                   "is no user's home folder", "write the path out")
 
 
 def test_a_long_file_name_is_written_and_a_too_long_one_is_one_line(tmp_path):
