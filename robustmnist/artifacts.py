@@ -54,10 +54,10 @@ def _short(name: str, limit: int = 200) -> str:
     """`name` cut to at most `limit` bytes of UTF-8 (whole characters): a temporary file's
     name stays within the 255 bytes a file system allows, however long the file's own.
 
-    >>> _short("é" * 150) == "é" * 100, _short("run.json")
-    (True, 'run.json')
+    >>> _short("é" * 150) == "é" * 100, _short("a" + "é" * 150) == "a" + "é" * 99, _short("run.json")
+    (True, True, 'run.json')
     """
-    return name.encode()[:limit].decode(errors="ignore")
+    return os.fsencode(name)[:limit].decode("utf-8", errors="ignore")  # any bytes a name may hold
 
 
 def remove_stale_temp_files(folder: Path) -> list[Path]:
