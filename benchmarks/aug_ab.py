@@ -102,7 +102,8 @@ def timed(tree: Path, policies: list[str], passes: int, group: int | None = None
 def policy_options(parser: argparse.ArgumentParser) -> None:
     """The options both augmentation benchmarks take: --passes and --policies."""
     parser.add_argument("--passes", type=int, default=3, help="timed passes per process")
-    parser.add_argument("--policies", default=",".join(p for p in POLICIES if p != "none"))
+    parser.add_argument("--policies", default=",".join(p for p in POLICIES if p != "none"
+                                                    and not POLICIES[p].get("p_photo")))
 
 
 def policy_list(text: str) -> list[str]:

@@ -50,6 +50,7 @@ from robustmnist.measure import measure_thickness
 from robustmnist.models import build_model, resolve_device
 from robustmnist.pen import training_atlas
 from robustmnist.perturb import DEFAULT_LEVELS
+from robustmnist.photobank import training_bank
 from robustmnist.training import Progress, stroke_rungs, train, training_batches
 
 RESULTS = Path(__file__).parent / "results"
@@ -123,7 +124,7 @@ def rotated(items: list[str], k: int) -> list[str]:
 
 
 def augmentation_pass(policy: str, device: torch.device, splits: Any, atlas: Any,
-                      rungs: Any = None) -> float:
+                      rungs: Any = None, photos: Any = None) -> float:
     """Seconds of one epoch's batches through the trainer's input path (`training_batches`:
     gather, to [0, 1], `aug_group` batches per augmentation call, the stroke change from the
     run's rung table where the trainer builds one); for ``none`` that path without
@@ -134,7 +135,8 @@ def augmentation_pass(policy: str, device: torch.device, splits: Any, atlas: Any
     _sync(device)
     t0 = time.perf_counter()
     for _ in training_batches(splits[0].images, perm, 512, config, generator,
-                              atlas if config.p_pen else None, rungs=rungs):
+                              atlas if config.p_pen else None, rungs=rungs,
+                              photos=photos if config.p_photo else None):
         pass
     _sync(device)
     return time.perf_counter() - t0
@@ -160,14 +162,15 @@ def rung_tables(device: torch.device, splits: Any, policies: list[str]) -> tuple
 
 
 def augmentation_alone(device: torch.device, splits: Any, atlas: Any,
-                       repeats: int, policies: list[str], tables: dict | None = None) -> dict[str, float]:
+                       repeats: int, policies: list[str], tables: dict | None = None,
+                       photos: Any = None) -> dict[str, float]:
     """Seconds the augmentation adds to one epoch, per policy: median of `repeats` alternating
     passes, minus the median ``none`` pass (the gather and scaling every policy pays)."""
     passes: dict[str, list[float]] = {p: [] for p in policies}
     for r in range(repeats):
         for policy in rotated(policies, r):
             passes[policy].append(augmentation_pass(policy, device, splits, atlas,
-                                                    (tables or {}).get(policy)))
+                                                    (tables or {}).get(policy), photos))
     base = statistics.median(passes["none"])
     return {p: max(statistics.median(t) - base, 0.0) for p, t in passes.items() if p != "none"}
 
@@ -220,7 +223,9 @@ def epochs(results: dict[str, Any], device: torch.device, data_dir: Path, splits
     med = {p: statistics.median(t) for p, t in times.items()}
     atlas = training_atlas(splits[0].images, data_dir).to(device)
     tables, table_s = rung_tables(device, splits, policies)
-    alone = augmentation_alone(device, splits, atlas, max(5, args.repeats), policies, tables)
+    photos = (training_bank(splits[0].images, data_dir).to(device)
+              if any(aug_config(p).p_photo for p in policies) else None)
+    alone = augmentation_alone(device, splits, atlas, max(5, args.repeats), policies, tables, photos)
     del tables
     results.update({
         "epoch_repeats_s": times, "epoch_median_s": med,

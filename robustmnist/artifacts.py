@@ -9,9 +9,9 @@ import os
 import platform
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from filelock import FileLock, Timeout
@@ -93,6 +93,37 @@ def write_error(path: Path, err: OSError) -> RobustMnistError:
            errno.ENAMETOOLONG: "the name is too long: choose a shorter one",
            }.get(err.errno or 0, "choose a writable location")
     return RobustMnistError(f"cannot write {path} ({err.strerror or err}); {fix}")
+
+
+T = TypeVar("T")
+
+
+def load_or_build(path: Path, load: Callable[[Path], T | None], build: Callable[[], tuple[T, bytes]],
+                  announce: Callable[[str], None] = lambda _why: None) -> tuple[T, bool]:
+    """A cache file's content: ``load(path)`` (None when missing, unreadable or failing its
+    hash), else ``build()`` -> (value, file bytes), written atomically. A second process
+    wanting the same file waits on a lock for the first one's build instead of repeating
+    it; a valid file is read without the lock (a read-only cache serves as is). `announce`
+    gets why a build starts ("once" or the rebuild's reason). Returns (value, built).
+    """
+    path = Path(path)
+    if path.exists() and (cached := load(path)) is not None:
+        return cached, False
+    lock = FileLock(f"{path}.lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as err:
+        raise write_error(path, err) from None
+    try:
+        if path.exists() and (cached := load(path)) is not None:
+            return cached, False  # built meanwhile by the holder of the lock
+        announce("unreadable or failing its checksum: rebuilding it" if path.exists() else "once")
+        value, data = build()
+        write_bytes(path, data)
+        return value, True
+    finally:
+        lock.release()
 
 
 def write_bytes(path: Path, data: bytes) -> None:

@@ -2,35 +2,42 @@
 
 Policies are configurations of one mechanism, not code copies:
 
-==============================  =====================================================
-``none``                        the baseline: the batch is untouched
-``thickness``                   random signed stroke change in [-1, +2] px (thin and thick)
-``thin``                        erosion only, [-1, 0] px
-``thick``                       dilation only, [0, +2] px
-``thickness+affine``            ``thickness`` plus a small random affine (the "is it just
-                                more augmentation?" control)
-``pen``                         80 % of the digits redrawn along their own skeleton with a
-                                pen of measured width uniform in [1, 6] px (``pen.py``)
-``pen+thickness+affine``        half the digits redrawn with a pen, the other half get the
-                                ``thickness`` change (80 % of them); then the affine on all
-``wide-pen+thickness+affine``   70 % redrawn with a pen of [1, 9] px (up to a 5x5 dilation's
-                                measured width), the rest as above; then the affine
-``refit-pen+thickness+affine``  ``wide-pen+thickness+affine``, and half the redrawn digits
-                                re-fitted into their original's box, as MNIST's (and
-                                ``predict``'s) size normalisation does with a photo: a wide
-                                pen then draws a smaller digit, a fine pen a larger one
-``fine-pen+thickness+affine``   ``refit-pen+thickness+affine``, and a fifth of the redrawn
-                                digits get a *fine* pen instead: a line narrower than a
-                                pixel (render width 0.25-1 px, below the 1-px measurement
-                                floor), its strongest ink put back at full after the
-                                affine, as a fine pen's photo comes out of ``predict``
-==============================  =====================================================
+=====================================  =====================================================
+``none``                               the baseline: the batch is untouched
+``thickness``                          random signed stroke change in [-1, +2] px (thin and thick)
+``thin``                               erosion only, [-1, 0] px
+``thick``                              dilation only, [0, +2] px
+``thickness+affine``                   ``thickness`` plus a small random affine (the "is it just
+                                       more augmentation?" control)
+``pen``                                80 % of the digits redrawn along their own skeleton with a
+                                       pen of measured width uniform in [1, 6] px (``pen.py``)
+``pen+thickness+affine``               half the digits redrawn with a pen, the other half get the
+                                       ``thickness`` change (80 % of them); then the affine on all
+``wide-pen+thickness+affine``          70 % redrawn with a pen of [1, 9] px (up to a 5x5 dilation's
+                                       measured width), the rest as above; then the affine
+``refit-pen+thickness+affine``         ``wide-pen+thickness+affine``, and half the redrawn digits
+                                       re-fitted into their original's box, as MNIST's (and
+                                       ``predict``'s) size normalisation does with a photo: a wide
+                                       pen then draws a smaller digit, a fine pen a larger one
+``fine-pen+thickness+affine``          ``refit-pen+thickness+affine``, and a fifth of the redrawn
+                                       digits get a *fine* pen instead: a line narrower than a
+                                       pixel (render width 0.25-1 px, below the 1-px measurement
+                                       floor), its strongest ink put back at full after the
+                                       affine, as a fine pen's photo comes out of ``predict``
+``photo+fine-pen+thickness+affine``    ``fine-pen+thickness+affine``, and 40 % of the digits
+                                       replaced by a photograph of themselves instead (the
+                                       ``photo`` family's generator and ``predict``'s
+                                       preprocessing, a pen 0.10-0.30 of the digit's height;
+                                       ``photobank.py``); then the affine on all
+=====================================  =====================================================
 
 Randomness comes from a seeded ``torch.Generator`` on the training device, so a run replays
 exactly; parameters are drawn first (`sample`), then applied deterministically (`apply`).
 The ``pen`` redraw needs each digit's skeleton distance map: a `PenAtlas` built once per
 training set (``pen.training_atlas``) and indexed with the batch's indices
-(``augment(x, config, generator, atlas[idx])``); the other policies need nothing else.
+(``augment(x, config, generator, atlas[idx])``); the ``photo`` mix needs each digit's
+photographs, a `PhotoBank` (``photobank.training_bank``), indexed the same way; the other
+policies need nothing else.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from robustmnist.checkpoint import to_unit
 from robustmnist.config import POLICIES, AugConfig
 from robustmnist.morphology import LADDER_RANGE, RungTable, apply_stroke_delta, rung_table
 from robustmnist.pen import (
@@ -55,8 +63,9 @@ from robustmnist.pen import (
     profile_side_px,
     side_px,
 )
+from robustmnist.photobank import PHOTO_BANDS, PhotoBank, build_bank
 
-__all__ = ["POLICIES", "AugConfig", "AugParams", "PenAtlas", "RungTable", "apply", "augment",
+__all__ = ["POLICIES", "AugConfig", "AugParams", "PenAtlas", "PhotoBank", "RungTable", "apply", "augment",
            "concat", "preview", "rungs_for", "sample", "sample_batches"]
 
 
@@ -64,13 +73,16 @@ __all__ = ["POLICIES", "AugConfig", "AugParams", "PenAtlas", "RungTable", "apply
 class AugParams:
     """One batch's sampled parameters, replayable: (B,) stroke levels, (B, 3, 3) affines,
     (B,) pen widths (px; 0 = not redrawn; None when the policy has no pen; below
-    ``PEN_RANGE[0]`` a fine pen's render width) and which redrawn digits are re-fitted into
-    their original's box (None when the policy re-fits none)."""
+    ``PEN_RANGE[0]`` a fine pen's render width), which redrawn digits are re-fitted into
+    their original's box (None when the policy re-fits none) and which digits are replaced by
+    which of their photographs ((B,) band index into ``PHOTO_BANDS``, -1 = not; None when the
+    policy has no photos)."""
 
     stroke_delta_px: torch.Tensor
     affine: torch.Tensor | None
     pen_width_px: torch.Tensor | None = None
     refit: torch.Tensor | None = None   # (B,) bool: chosen for a re-fit (if drawable) into its box
+    photo: torch.Tensor | None = None   # (B,) int64: the photo band, -1 = not a photo
 
 
 def _draws(config: AugConfig) -> list[tuple[str, int, float, float]]:
@@ -88,6 +100,8 @@ def _draws(config: AugConfig) -> list[tuple[str, int, float, float]]:
         out += [("refit", 1, 0.0, 1.0)]
     if config.p_pen > 0 and config.pen_fine > 0:
         out += [("fine_width", 1, FINE_PEN_PX, PEN_RANGE[0]), ("fine", 1, 0.0, 1.0)]
+    if config.p_photo > 0:
+        out += [("photo", 1, 0.0, 1.0), ("band", 1, 0.0, 1.0)]
     return out
 
 
@@ -149,6 +163,14 @@ def _sample_equal(config: AugConfig, n: int, k: int, generator: torch.Generator)
         redrawn = got["redrawn"] < config.p_pen
         pen_width = torch.where(redrawn, got["width"], 0.0)
         delta = torch.where(redrawn, 0.0, delta)  # a pen sets the width
+    photo = None
+    if config.p_photo > 0:  # a photo replaces the digit: no pen, no stroke change
+        shot = got["photo"] < config.p_photo
+        bands = len(PHOTO_BANDS)
+        photo = torch.where(shot, (got["band"] * bands).long().clamp_(max=bands - 1), -1)
+        delta = torch.where(shot, 0.0, delta)
+        if pen_width is not None:
+            pen_width = torch.where(shot, 0.0, pen_width)
     matrix = None
     if config.affine:
         rad = got["angle"] * (math.pi / 180)
@@ -167,8 +189,9 @@ def _sample_equal(config: AugConfig, n: int, k: int, generator: torch.Generator)
     def rows(t: torch.Tensor | None) -> list[torch.Tensor | None]:
         return [None] * k if t is None else list(t.unbind(0))  # (k, n, ...): batch by batch
 
-    return [AugParams(d, m, w, r) for d, m, w, r in zip(delta.unbind(0), rows(matrix), rows(pen_width),
-                                                         rows(refit), strict=True)]
+    return [AugParams(d, m, w, r, p)
+            for d, m, w, r, p in zip(delta.unbind(0), rows(matrix), rows(pen_width), rows(refit),
+                                     rows(photo), strict=True)]
 
 
 def concat(params: Sequence[AugParams]) -> AugParams:
@@ -187,7 +210,7 @@ def concat(params: Sequence[AugParams]) -> AugParams:
 
     delta = joined("stroke_delta_px")
     assert delta is not None  # every policy draws its levels
-    return AugParams(delta, joined("affine"), joined("pen_width_px"), joined("refit"))
+    return AugParams(delta, joined("affine"), joined("pen_width_px"), joined("refit"), joined("photo"))
 
 
 def affine_matrix(angle_deg: torch.Tensor, shift_px: torch.Tensor, zoom: torch.Tensor,
@@ -344,7 +367,7 @@ def rungs_for(images_u8: torch.Tensor, config: AugConfig) -> RungTable | None:
 
 
 def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None,
-          rungs: RungTable | None = None) -> torch.Tensor:
+          rungs: RungTable | None = None, photos: PhotoBank | None = None) -> torch.Tensor:
     """Apply sampled parameters to images in [0, 1], (B, 1, H, W); same device and dtype.
 
     `atlas` holds the rows of these B digits (needed when `params` has pen widths): the pen
@@ -353,7 +376,8 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None,
     these digits of a `RungTable` (``x`` = those uint8 digits ``.to(dtype) / 255``, as the
     trainer makes them),
     serves the stroke change from the precomputed rungs: the same floats, a fraction of the
-    CPU time.
+    CPU time. `photos`, the rows of these digits of a `PhotoBank` (needed when `params` has
+    photos), replaces the chosen digits by their photographs before the affine.
     """
     out = x
     refit: tuple[torch.Tensor, torch.Tensor] | None = None  # re-fitted rows, (R, 3, 3) affines
@@ -398,6 +422,16 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None,
                 at_full = fine | picked
             if bool(at_full.any()):
                 full = rows.index_select(0, torch.nonzero(at_full).flatten())
+    if params.photo is not None:
+        shots = torch.nonzero(params.photo >= 0).flatten()
+        if shots.numel():
+            if photos is None or len(photos) != x.shape[0]:
+                raise ValueError("a photo policy needs the PhotoBank rows of the batch's digits "
+                                 f"({x.shape[0]}), got {'none' if photos is None else len(photos)}")
+            taken = photos.images.index_select(0, shots)                     # (R, K, 28, 28)
+            band = params.photo.index_select(0, shots).view(-1, 1, 1, 1).expand(-1, 1, *taken.shape[-2:])
+            shot = to_unit(taken.gather(1, band)).to(x.dtype)                # (R, 1, 28, 28)
+            out = out.index_copy_(0, shots, shot) if out is not x else out.index_copy(0, shots, shot)
     changed = torch.nonzero(params.stroke_delta_px).flatten()
     if changed.numel():  # only those rows: a level of 0 is the identity (pen rows have 0)
         levels = params.stroke_delta_px.index_select(0, changed)
@@ -427,12 +461,13 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None,
 
 
 def augment(x: torch.Tensor, config: AugConfig, generator: torch.Generator,
-            atlas: PenAtlas | None = None) -> torch.Tensor:
+            atlas: PenAtlas | None = None, photos: PhotoBank | None = None) -> torch.Tensor:
     """`sample` then `apply`; the identity policy returns `x` itself (bit-identical baseline).
-    `atlas`: the batch's rows of the training set's `PenAtlas` (pen policies only)."""
+    `atlas`, `photos`: the batch's rows of the training set's `PenAtlas` (pen policies) and
+    `PhotoBank` (photo policies)."""
     if config.is_identity:
         return x
-    return apply(x, sample(config, x.shape[0], generator), atlas)
+    return apply(x, sample(config, x.shape[0], generator), atlas, photos=photos)
 
 
 def preview(images_u8: torch.Tensor, config: AugConfig, draws: int,
@@ -441,11 +476,12 @@ def preview(images_u8: torch.Tensor, config: AugConfig, draws: int,
     changes drawn (px; 0 for a pen redraw)."""
     x = images_u8.float().div(255)  # (D, 1, 28, 28)
     atlas = build_atlas(images_u8.cpu().numpy()).to(x.device) if config.p_pen > 0 else None
+    photos = build_bank(images_u8.cpu().numpy()).to(x.device) if config.p_photo > 0 else None
     generator = torch.Generator(device=x.device).manual_seed(seed)
     columns, levels = [x[:, 0]], []
     for _ in range(draws):
         params = sample(config, x.shape[0], generator)
-        columns.append(apply(x, params, atlas)[:, 0])
+        columns.append(apply(x, params, atlas, photos=photos)[:, 0])
         levels.append(params.stroke_delta_px)
     grid = torch.stack(columns, 1).mul(255).round().to(torch.uint8)
     return grid.cpu(), torch.stack(levels, 1).cpu()

@@ -140,6 +140,9 @@ POLICIES: dict[str, dict[str, Any]] = {
     "fine-pen+thickness+affine": {"p_pen": 0.7, "pen_max_px": 9.0, "pen_refit": 0.5,
                                   "pen_fine": 0.2, "delta_min_px": -1.0, "delta_max_px": 2.0,
                                   "affine": True},
+    "photo+fine-pen+thickness+affine": {"p_photo": 0.4, "p_pen": 0.7, "pen_max_px": 9.0,
+                                        "pen_refit": 0.5, "pen_fine": 0.2, "delta_min_px": -1.0,
+                                        "delta_max_px": 2.0, "affine": True},
 }
 
 
@@ -174,11 +177,16 @@ class AugConfig:
                               "below the measurement floor; measures 1.07-1.49 px), its strongest "
                               "ink put back at full after the affine, as a photo's contrast "
                               "stretch does", lo=0, hi=1)
+    p_photo: float = setting(0.0, "probability that a digit is replaced by a photograph of it "
+                             "(the photo family's generator and predict's preprocessing, a pen "
+                             "0.10-0.30 of its height; built once per training set, "
+                             "photobank.py); the others get the pen or the stroke change; the "
+                             "affine applies to all", lo=0, hi=1)
 
     @property
     def is_identity(self) -> bool:
         thickness_off = self.delta_min_px == 0 and self.delta_max_px == 0
-        return thickness_off and not self.affine and self.p_pen == 0
+        return thickness_off and not self.affine and self.p_pen == 0 and self.p_photo == 0
 
     def check_together(self) -> None:
         # Named by their first field, so a TOML error reads "key 'variants[0].pen_min_px': ...".

@@ -42,7 +42,6 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from filelock import FileLock
 
 from robustmnist import artifacts
 from robustmnist.measure import UPSCALE, as_digits, binarise, map_chunks, measure_thickness, upscale
@@ -366,30 +365,22 @@ def load_or_build_atlas(images: np.ndarray, cache_dir: Path | None, workers: int
     if cache_dir is None:
         return build_atlas(images, workers), True
     path = atlas_path(cache_dir, images)
-    # A valid cached atlas is read without the lock: a read-only data folder serves as is.
-    if path.exists() and (cached := _load_atlas(path, len(images))) is not None:
-        return cached.with_boxes(images), False
-    lock = FileLock(f"{path}.lock")  # a second training waits for the first one's atlas
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
-    except OSError as err:
-        raise artifacts.write_error(path, err) from None
-    try:
-        if path.exists() and (cached := _load_atlas(path, len(images))) is not None:
-            return cached.with_boxes(images), False  # built meanwhile by the holder of the lock
-        why = "unreadable or failing its checksum: rebuilding it" if path.exists() else "once"
-        log(f"building the pen atlas of {len(images):,} digits (skeletons and calibration, {why}; "
-            f"cached in {path.parent})")
+
+    def built() -> tuple[PenAtlas, bytes]:
         atlas = build_atlas(images, workers)
         distance, knots = atlas.distance[:, 0].numpy(), atlas.knots.numpy()
         meta = {"atlas": ATLAS_VERSION, "sha256": _sha256(distance) + _sha256(knots)}
         buf = io.BytesIO()
         np.savez(buf, distance=distance, knots=knots, meta=np.array(json.dumps(meta)))
-        artifacts.write_bytes(path, buf.getvalue())
-        return atlas, True
-    finally:
-        lock.release()
+        return atlas, buf.getvalue()
+
+    def announce(why: str) -> None:
+        log(f"building the pen atlas of {len(images):,} digits (skeletons and calibration, {why}; "
+            f"cached in {path.parent})")
+
+    atlas, was_built = artifacts.load_or_build(path, lambda p: _load_atlas(p, len(images)), built,
+                                               announce)
+    return (atlas if was_built else atlas.with_boxes(images)), was_built
 
 
 def training_atlas(images: torch.Tensor, data_dir: Path | None, log: Log = lambda _m: None) -> PenAtlas:
@@ -505,15 +496,19 @@ class PhotoDigit:
 def photo_levels(image: np.ndarray, pen_fractions: Sequence[float]) -> list[np.ndarray]:
     """One digit photographed at each pen fraction and read back with `predict.mnistify`:
     uint8 (28, 28) each (blank where the preprocessing finds no digit)."""
+    return read_photos(PhotoDigit(image), pen_fractions)
+
+
+def read_photos(digit: PhotoDigit, pen_fractions: Sequence[float]) -> list[np.ndarray]:
+    """`digit` photographed at each pen fraction and read back with `predict.mnistify`."""
     from robustmnist.predict import ImageError, mnistify
 
-    digit = PhotoDigit(image)
     out = []
     for fraction in pen_fractions:
         try:
             out.append(mnistify(digit.photograph(fraction)).image)
         except ImageError:
-            out.append(np.zeros_like(image))
+            out.append(np.zeros((28, 28), np.uint8))
     return out
 
 

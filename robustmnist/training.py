@@ -4,7 +4,8 @@ checkpoints every epoch, exact resume.
 A run directory holds:
 
 * ``config.json``   the resolved TrainConfig plus provenance (version, git revision, machine;
-                    for pen policies the id of the pen atlas, ``pen_atlas``);
+                    for pen policies the id of the pen atlas, ``pen_atlas``; for photo
+                    policies the id of the training photos, ``photo_bank``);
 * ``metrics.csv``   one row per finished epoch (train loss/accuracy, test loss/accuracy,
                     epoch seconds, images/s);
 * ``checkpoint.pt`` state_dict, optimizer state and metadata, rewritten atomically after
@@ -37,6 +38,7 @@ from robustmnist.data import MnistSplit, load_split
 from robustmnist.layout import RunDir
 from robustmnist.models import build_model, resolve_device
 from robustmnist.pen import PenAtlas, atlas_id, training_atlas
+from robustmnist.photobank import PhotoBank, bank_id, training_bank
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
                   "epoch_seconds", "images_per_second"]
@@ -71,12 +73,14 @@ def aug_group(config: AugConfig, device: torch.device | str = "cpu") -> int:
 def training_batches(images_u8: torch.Tensor, order: torch.Tensor, batch_size: int,
                      config: AugConfig, generator: torch.Generator, atlas: PenAtlas | None = None,
                      group: int | None = None, rungs: RungTable | None = None,
+                     photos: PhotoBank | None = None,
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(indices, images in [0, 1]) of each batch of `order`, augmented exactly as batch by
     batch ``augment`` would: each batch's parameters are drawn in turn from `generator`, all
     at the start (`augmentation.sample_batches`), then `group` (default `aug_group`) batches
     are applied in one call (`augmentation.concat`).
-    `atlas` and `rungs` (`stroke_rungs`) are the whole set's; the batches' rows are taken.
+    `atlas`, `rungs` (`stroke_rungs`) and `photos` are the whole set's; the batches' rows are
+    taken.
 
     >>> images = torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8)
     >>> g = torch.Generator().manual_seed(0)
@@ -97,7 +101,8 @@ def training_batches(images_u8: torch.Tensor, order: torch.Tensor, batch_size: i
         if not config.is_identity:
             params = concat(drawn[b * group:(b + 1) * group])
             x = apply(x, params, None if atlas is None else atlas[chunk],
-                      None if rungs is None else rungs[chunk])
+                      None if rungs is None else rungs[chunk],
+                      None if photos is None else photos[chunk])
         yield from zip(parts, x.split(batch_size), strict=True)
 
 
@@ -245,8 +250,10 @@ def _train_locked(config: TrainConfig, run: RunDir, device: torch.device, *, res
         raise RobustMnistError(f"{run.root} holds an unfinished run; pass --resume to continue it "
                                "or --force to start over")
     train_split = train_split or load_split("train", data_dir, log=log)
-    # Pen policies: which atlas (its algorithm and the digits' hash) the redraws come from.
-    atlas = atlas_id(train_split.images.cpu().numpy()) if config.aug.p_pen > 0 else None
+    # What the redraws and photos come from (their algorithms and the digits' hash).
+    pixels = train_split.images.cpu().numpy()
+    sources = {**({"pen_atlas": atlas_id(pixels)} if config.aug.p_pen > 0 else {}),
+               **({"photo_bank": bank_id(pixels)} if config.aug.p_photo > 0 else {})}
     train_split = train_split.to(device)
     test_split = (test_split or load_split("test", data_dir, log=log)).to(device)
 
@@ -258,26 +265,27 @@ def _train_locked(config: TrainConfig, run: RunDir, device: torch.device, *, res
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     start_epoch = 0
     metrics: list[dict[str, float]] = []
-    recorded = atlas  # a resumed run from before atlases were recorded is not stamped now
+    recorded = sources  # a resumed run from before a source was recorded is not stamped now
     if state == "partial":
-        start_epoch, metrics, recorded = _resume(run, model, optimizer, device, atlas)
+        start_epoch, metrics, recorded = _resume(run, model, optimizer, device, sources)
         log(f"resuming {run.root} after epoch {start_epoch}")
-        if atlas is not None and recorded is None:
-            log(f"{run.root} does not record its pen atlas (an older run): not checked")
-    # Built after the checks: a run that cannot resume is refused before a long atlas build.
+        for key in sources.keys() - recorded.keys():
+            log(f"{run.root} does not record its {key.replace('_', ' ')} (an older run): not checked")
+    # Built after the checks: a run that cannot resume is refused before a long build.
     pen_atlas = (training_atlas(train_split.images, data_dir, log).to(device)
-                 if atlas is not None else None)  # pen policies: skeletons, built once
+                 if "pen_atlas" in sources else None)  # pen policies: skeletons, built once
+    photos = (training_bank(train_split.images, data_dir, log).to(device)
+              if "photo_bank" in sources else None)  # photo policies: photographed once
     rungs = stroke_rungs(train_split.images, config.aug)  # stroke rungs, built once (the CPU)
 
     meta = {**artifacts.provenance(device), "data_md5": {**train_split.md5, **test_split.md5},
             "variant": variant or default_variant(config), "run_name": run.root.name}
-    if recorded is not None:  # the pen redraws depend on the atlas
-        meta["pen_atlas"] = recorded
+    meta.update(recorded)  # the pen redraws depend on the atlas, the photos on the bank
     artifacts.write_json(run.config, {"config": config.to_dict(), **meta})
     t_run = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         metrics.append(_one_epoch(model, optimizer, config, epoch, train_split, test_split,
-                                  device, progress, pen_atlas, rungs))
+                                  device, progress, pen_atlas, rungs, photos))
         # Metrics first, then the checkpoint: the checkpoint's epoch says which rows count.
         _write_metrics(run.metrics, metrics)
         save_checkpoint(run.checkpoint, model, optimizer, config, epoch + 1, meta)
@@ -289,19 +297,29 @@ def _train_locked(config: TrainConfig, run: RunDir, device: torch.device, *, res
     return TrainResult(run.root, metrics, True, seconds)
 
 
+#: What each recorded source of a run's augmentation is, for `_resume`'s refusal.
+_SOURCES = {"pen_atlas": ("pen atlas", "draws its pens", "another atlas algorithm",
+                          "two pen renderings"),
+            "photo_bank": ("training photos", "photographs its digits", "another photo generator",
+                           "two photo renderings")}
+
+
 def _resume(run: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer,
-            device: torch.device, atlas: str | None = None,
-            ) -> tuple[int, list[dict[str, float]], str | None]:
+            device: torch.device, sources: dict[str, str] | None = None,
+            ) -> tuple[int, list[dict[str, float]], dict[str, str]]:
     """Load the unfinished run's state; refuse what would not replay the same numbers. Returns
-    (finished epochs, their metrics, the pen atlas the run recorded)."""
+    (finished epochs, their metrics, those of `sources` (pen atlas, photo bank) the run
+    recorded)."""
     ckpt = load_checkpoint(run.checkpoint)
-    recorded = ckpt.meta.get("pen_atlas")
-    if atlas is not None and recorded is not None and recorded != atlas:
-        raise RobustMnistError(
-            f"{run.root} was trained on pen atlas {recorded!r}, this robustmnist draws its pens "
-            f"from {atlas!r} (another atlas algorithm or other training digits); start over "
-            "(train --force, or delete that run folder for robustmnist run): resuming would mix "
-            "two pen renderings in one run")
+    recorded = {k: ckpt.meta[k] for k in (sources or {}) if ckpt.meta.get(k) is not None}
+    for key, value in recorded.items():
+        if value != (sources or {})[key]:
+            what, does, other, mixed = _SOURCES[key]
+            raise RobustMnistError(
+                f"{run.root} was trained on {what} {value!r}, this robustmnist {does} from "
+                f"{(sources or {})[key]!r} ({other} or other training digits); start over "
+                "(train --force, or delete that run folder for robustmnist run): resuming would "
+                f"mix {mixed} in one run")
     threads = ckpt.meta.get("machine", {}).get("torch_threads")
     if device.type == "cpu" and threads and threads != torch.get_num_threads():
         raise RobustMnistError(
@@ -326,7 +344,8 @@ def _one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: Train
                epoch: int, train_split: MnistSplit, test_split: MnistSplit,
                device: torch.device, progress: Progress,
                pen_atlas: PenAtlas | None = None,
-               rungs: RungTable | None = None) -> dict[str, float]:
+               rungs: RungTable | None = None,
+               photos: PhotoBank | None = None) -> dict[str, float]:
     """One pass over the training set, then the test set; returns the metrics row."""
     model.train()
     order_gen = epoch_generator(config.seed, epoch, 0, device)
@@ -340,7 +359,7 @@ def _one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: Train
     scheduled = config.lr_schedule != "constant"  # the classic recipe leaves Adam's lr alone
     t0 = time.perf_counter()
     batches = training_batches(train_split.images, perm, config.batch_size, config.aug, aug_gen,
-                               pen_atlas, rungs=rungs)
+                               pen_atlas, rungs=rungs, photos=photos)
     for step, (idx, x) in enumerate(batches):  # x: (B, 1, 28, 28) in [0, 1], augmented
         if scheduled:
             for group in optimizer.param_groups:

@@ -21,6 +21,7 @@ from robustmnist.augmentation import (
 )
 from robustmnist.morphology import apply_stroke_delta
 from robustmnist.pen import FINE_PEN_PX, PEN_RANGE, PenAtlas, build_atlas, draw
+from robustmnist.photobank import PHOTO_BANDS, build_bank
 
 
 def _batch(device, n=32):
@@ -34,13 +35,21 @@ def _atlas(x):
     return build_atlas(x.mul(255).round().to(torch.uint8).cpu().numpy(), workers=1).to(x.device)
 
 
+def _photos(x, config):
+    """The batch's photo bank for a photo policy, else None."""
+    if config.p_photo == 0:
+        return None
+    return build_bank(x.mul(255).round().to(torch.uint8).cpu().numpy(), workers=1).to(x.device)
+
+
 @pytest.mark.parametrize("policy", list(POLICIES))
 def test_same_seed_same_batch(policy, device):
     config = AugConfig.from_policy(policy)
     x = _batch(device)
     atlas = _atlas(x) if config.p_pen > 0 else None
-    a = augment(x, config, torch.Generator(device=device).manual_seed(7), atlas)
-    b = augment(x, config, torch.Generator(device=device).manual_seed(7), atlas)
+    photos = _photos(x, config)
+    a = augment(x, config, torch.Generator(device=device).manual_seed(7), atlas, photos)
+    b = augment(x, config, torch.Generator(device=device).manual_seed(7), atlas, photos)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert a.device == x.device and a.dtype == x.dtype
     assert a.min() >= 0 and a.max() <= 1
@@ -405,7 +414,7 @@ def test_box_side_px_is_the_box_of_the_half_level_ink():
 
 
 def test_concat_joins_every_field_in_order():
-    config = AugConfig.from_policy("fine-pen+thickness+affine")  # a policy that draws them all
+    config = AugConfig.from_policy("photo+fine-pen+thickness+affine")  # a policy that draws them all
     g = torch.Generator().manual_seed(0)
     parts = [sample(config, n, g) for n in (3, 5)]
     joined = concat(parts)
@@ -431,7 +440,8 @@ def test_atlas_boxes_give_the_refits_of_the_measured_boxes_to_the_bit(policy):
     assert measured.box_px is None and atlas.box_px is not None
     params = sample(config, 64, torch.Generator().manual_seed(3))
     assert int(params.refit.sum()) > 10 and int((params.pen_width_px < PEN_RANGE[0]).sum()) > 3
-    assert torch.equal(apply(x, params, atlas), apply(x, params, measured))
+    photos = _photos(x, config)
+    assert torch.equal(apply(x, params, atlas, photos=photos), apply(x, params, measured, photos=photos))
 
 
 @pytest.mark.parametrize("policy", [p for p in POLICIES if AugConfig.from_policy(p).delta_max_px
@@ -447,9 +457,10 @@ def test_rung_table_gives_the_stroke_changes_of_the_chain_to_the_bit(policy):
                                                           math.ceil(config.delta_max_px))
     params = sample(config, 64, torch.Generator().manual_seed(4))
     assert int((params.stroke_delta_px != 0).sum()) > 10
-    assert torch.equal(apply(x, params, atlas, table), apply(x, params, atlas))
+    photos = _photos(x, config)
+    assert torch.equal(apply(x, params, atlas, table, photos), apply(x, params, atlas, photos=photos))
     with pytest.raises(ValueError, match="rung table has 63 rows for 64 digits"):
-        apply(x, params, atlas, table[torch.arange(63)])
+        apply(x, params, atlas, table[torch.arange(63)], photos)
 
 
 def test_rung_table_refuses_a_stroke_change_on_a_redrawn_digit():
@@ -495,14 +506,23 @@ def _one_draw_at_a_time(config, n, generator):
         ty = shift[:, 1] + 13.5 - (a + b) * 13.5
         zero, one = torch.zeros_like(a), torch.ones_like(a)
         matrix = torch.stack([a, -b, tx, b, a, ty, zero, zero, one], 1).view(-1, 3, 3)
-    refit = None
-    if width is not None and config.pen_refit > 0:
-        refit = (torch.rand(n, generator=generator) < config.pen_refit) & (width > 0)
+    refit_u = torch.rand(n, generator=generator) if width is not None and config.pen_refit > 0 else None
+    fine_width = fine_u = None
     if width is not None and config.pen_fine > 0:
         fine_width = uniform(FINE_PEN_PX, PEN_RANGE[0])
-        fine = (torch.rand(n, generator=generator) < config.pen_fine) & (width > 0)
+        fine_u = torch.rand(n, generator=generator)
+    photo = None
+    if config.p_photo > 0:  # drawn last; a photo row has no pen, no stroke change, no re-fit
+        shot = torch.rand(n, generator=generator) < config.p_photo
+        band = (torch.rand(n, generator=generator) * len(PHOTO_BANDS)).floor().long()
+        photo = torch.where(shot, band, torch.full_like(band, -1))
+        delta = torch.where(shot, torch.zeros_like(delta), delta)
+        width = None if width is None else torch.where(shot, torch.zeros_like(width), width)
+    refit = None if refit_u is None else (refit_u < config.pen_refit) & (width > 0)
+    if fine_u is not None:
+        fine = (fine_u < config.pen_fine) & (width > 0)
         width = torch.where(fine, fine_width, width)
-    return AugParams(delta, matrix, width, refit)
+    return AugParams(delta, matrix, width, refit, photo)
 
 
 @pytest.mark.parametrize("policy", [p for p in POLICIES if p != "none"])

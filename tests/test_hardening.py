@@ -475,7 +475,7 @@ def test_resume_removes_temp_files_of_a_killed_write(tmp_path, run_dir):
 
 
 def test_a_valid_cached_atlas_is_read_without_the_lock(tmp_path, tiny_arrays, monkeypatch):
-    from robustmnist import pen
+    from robustmnist import artifacts, pen
 
     images = tiny_arrays["train"][0][:20]
     first, built = pen.load_or_build_atlas(images, tmp_path, workers=1)
@@ -485,7 +485,7 @@ def test_a_valid_cached_atlas_is_read_without_the_lock(tmp_path, tiny_arrays, mo
         def __init__(self, *_a, **_kw):
             raise PermissionError(13, "Read-only file system")
 
-    monkeypatch.setattr(pen, "FileLock", NoLock)
+    monkeypatch.setattr(artifacts, "FileLock", NoLock)
     again, built = pen.load_or_build_atlas(images, tmp_path, workers=1)
     assert not built and torch.equal(again.distance, first.distance)
 

@@ -11,6 +11,7 @@ from robustmnist.checkpoint import Classifier, load_checkpoint, to_unit
 from robustmnist.config import AugConfig, TrainConfig
 from robustmnist.layout import RunDir
 from robustmnist.pen import build_atlas
+from robustmnist.photobank import build_bank
 from robustmnist.training import METRIC_COLUMNS, Progress, lr_at, run_state, train, training_batches
 
 
@@ -230,15 +231,18 @@ def test_grouped_batches_are_the_batches_augmented_one_by_one_to_the_bit(tiny_sp
     images = tiny_splits["train"].images[:230]
     config = AugConfig.from_policy(policy)
     atlas = build_atlas(images.numpy(), workers=1) if config.p_pen > 0 else None
+    photos = build_bank(images.numpy(), workers=1) if config.p_photo > 0 else None
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(1))
     alone, g = [], torch.Generator().manual_seed(5)
     for part in order.split(32):
-        alone.append(augment(to_unit(images[part]), config, g, None if atlas is None else atlas[part]))
+        alone.append(augment(to_unit(images[part]), config, g, None if atlas is None else atlas[part],
+                             None if photos is None else photos[part]))
     rungs = training.stroke_rungs(images, config)  # the trainer's stroke rungs (CPU)
     assert (rungs is None) == (policy in ("none", "pen"))
     for group, table in ((1, None), (3, None), (8, None), (1, rungs), (3, rungs)):
         g = torch.Generator().manual_seed(5)
-        got = list(training_batches(images, order, 32, config, g, atlas, group=group, rungs=table))
+        got = list(training_batches(images, order, 32, config, g, atlas, group=group, rungs=table,
+                                    photos=photos))
         assert [len(i) for i, _ in got] == [32] * 7 + [6]
         for (idx, x), part, expected in zip(got, order.split(32), alone, strict=True):
             assert torch.equal(idx, part) and torch.equal(x, expected), (group, table is None, len(idx))
