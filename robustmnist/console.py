@@ -55,7 +55,8 @@ def handles_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err.print("interrupted: what was finished is saved (a training run's finished "
                       "epochs: the same `robustmnist train` command with --resume, or the same "
-                      "`robustmnist run`, continues from them)", soft_wrap=True)
+                      "`robustmnist run`, continues from them; a run whose folder was not made "
+                      "yet starts again without --resume)", soft_wrap=True)
             raise typer.Exit(130) from None
         except OSError as e:
             where = f"{e.filename}: " if e.filename else ""

@@ -327,6 +327,7 @@ def measure_set(split: str, family: str, level: float, data_dir: Path | None = N
 
     if family != "clean" and split != "test":
         raise RobustMnistError("perturbed sets are built from the test split; use --split test")
+    check_level(family, level)  # clean has one level, 0, on either split
     loaded = load_split(split, data_dir, log=log)  # type: ignore[arg-type]
     t0 = time.perf_counter()
     if split == "test":

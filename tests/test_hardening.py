@@ -619,3 +619,10 @@ def test_ctrl_c_while_the_cli_loads_is_one_line(monkeypatch, capsys):
         main()
     assert info.value.code == 130
     assert capsys.readouterr().err == "interrupted while starting: nothing was run or written\n"
+
+
+def test_measure_refuses_a_level_of_clean_on_the_training_split_too(tiny_data_dir):
+    # the training split was measured whatever --level said: now refused as on the test split
+    one_error_line(invoke("measure", "--split", "train", "--family", "clean", "--level", "1"),
+                   "drop --level")
+    assert invoke("measure", "--split", "train", "--family", "clean", "-q").exit_code == 0
