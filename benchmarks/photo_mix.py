@@ -1,0 +1,114 @@
+"""Does the ``photo`` mix help? Its runs read against the recommendation's, seed by seed.
+
+The ``photo+fine-pen+thickness+affine`` policy replaces 40 % of the training digits by their
+photographs (``photobank.py``). This script reads trained runs of it on the clean test set, the
+``photo`` family and the 5x5 dilation (``ladder`` +4), and sets them beside the same seeds of
+the recommended variant as the capacity study's generated ``results.csv`` records them (the
+same net, schedule and sweep; runs replay to the bit on the same kind of CPU, so retraining
+the reference here would give those numbers). Train the runs first, per seed S::
+
+    robustmnist train --aug photo+fine-pen+thickness+affine --aug-range -2,4 --aug-refit 0.8 \\
+        --model wide --epochs 20 --seed S --out results/photo-mix/photo40-seedS
+    python benchmarks/photo_mix.py results/photo-mix/photo40-seed*
+
+Writes ``benchmarks/results/photo-mix.{json,md}``. Mean ± the 95 % t-interval over seeds, as in
+the reports; no McNemar test (the reference's predictions are not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from robustmnist import artifacts
+from robustmnist.analysis import mean_ci
+from robustmnist.checkpoint import Classifier, load_checkpoint
+from robustmnist.data import default_data_dir, load_split
+from robustmnist.evaluation import test_set
+
+ROOT = Path(__file__).resolve().parent
+REFERENCE = "fine-pen+erode2+dilate4+refit80+affine+wide"
+SETS = [("clean", 0.0), ("photo", 0.03), ("photo", 0.12), ("photo", 0.2), ("photo", 0.25),
+        ("ladder", 4.0)]
+
+
+def label(family: str, level: float) -> str:
+    return "clean" if family == "clean" else f"{family} {level:g}"
+
+
+def cell(ci: tuple[float, float, float, int], sign: str = "") -> str:
+    """A `mean_ci` as ``mean ± half-width`` (the mean alone for one seed).
+
+    >>> cell((98.5, 98.2, 98.8, 3)), cell((-0.1, -0.1, -0.1, 1), "+")
+    ('98.50 ± 0.30', '-0.10')
+    """
+    mean, lo, hi, n = ci
+    return f"{mean:{sign}.2f}" + (f" ± {(hi - lo) / 2:.2f}" if n > 1 else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders of the photo mix")
+    parser.add_argument("--reference", type=Path, default=ROOT.parent / "reports/capacity/results.csv")
+    args = parser.parse_args()
+    data = default_data_dir()
+    test = load_split("test", data)
+    sets = {}
+    for family, level in SETS:
+        if family == "clean":
+            sets[label(family, level)] = (test.images, test.labels)
+        else:
+            pset, y = test_set(family, level, data, test=test)
+            sets[label(family, level)] = (torch.from_numpy(pset.images).unsqueeze(1), torch.from_numpy(y))
+    ref = pd.read_csv(args.reference)
+    ref = ref[ref.variant == REFERENCE]
+    rows, meta = [], {}
+    for run in args.runs:
+        ckpt = load_checkpoint(run / "checkpoint.pt")
+        if not ckpt.complete:
+            raise SystemExit(f"{run} is not finished")
+        model = Classifier.from_checkpoint(ckpt)
+        seed = ckpt.config.seed
+        meta[str(run)] = {"seed": seed, "policy": ckpt.config.aug.policy,
+                          "git": ckpt.meta.get("git"), "photo_bank": ckpt.meta.get("photo_bank")}
+        for name, (x, y) in sets.items():
+            family, _, lvl = name.partition(" ")
+            base = ref[(ref.seed == seed) & (ref.family == family)
+                       & np.isclose(ref.level, float(lvl or 0))].accuracy
+            rows.append({"seed": seed, "set": name, "photo mix": model.evaluate(x, y)[1],
+                         "reference": float(base.iloc[0]) if len(base) else float("nan")})
+    frame = pd.DataFrame(rows)
+    machine = artifacts.machine_info("cpu")
+    table = ["| test set | photo mix | reference | difference (pp) | per seed (mix / reference) |",
+             "|---|---|---|---|---|"]
+    summary = {}
+    for name in sets:
+        part = frame[frame.set == name].sort_values("seed")
+        mix, ref_ci = mean_ci(100 * part["photo mix"]), mean_ci(100 * part["reference"])
+        diff = mean_ci(100 * (part["photo mix"] - part["reference"]))
+        summary[name] = {"mix": mix, "reference": ref_ci, "difference": diff}
+        seeds = ", ".join(f"{100 * a:.2f} / {100 * b:.2f}" for a, b in
+                          zip(part["photo mix"], part["reference"], strict=True))
+        table.append(f"| {name} | {cell(mix)} | {cell(ref_ci)} | {cell(diff, '+')} | {seeds} |")
+    record = {"runs": meta, "rows": rows, "summary": summary, "reference": str(args.reference),
+              "machine": f"{machine['host_cpu']}, {machine['cpu_count']} cores, torch {machine['torch']}",
+              "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    artifacts.write_json(ROOT / "results" / "photo-mix.json", record)
+    text = (f"`python benchmarks/photo_mix.py {' '.join(str(r) for r in args.runs)}` "
+            f"({record['measured']}, {record['machine']}): `photo+fine-pen+thickness+affine` "
+            f"(`--aug-range -2,4 --aug-refit 0.8 --model wide`, 20 epochs) against the same seeds "
+            f"of `{REFERENCE}` from `{args.reference.relative_to(ROOT.parent)}`. Accuracy %, mean ± "
+            "half-width of the 95 % t-interval over seeds.\n\n" + "\n".join(table) + "\n")
+    artifacts.write_text(ROOT / "results" / "photo-mix.md", text)
+    print(text)
+    print(json.dumps({k: cell(v["difference"], "+") for k, v in summary.items()}))
+
+
+if __name__ == "__main__":
+    main()
