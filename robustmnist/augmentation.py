@@ -428,6 +428,11 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None,
             if photos is None or len(photos) != x.shape[0]:
                 raise ValueError("a photo policy needs the PhotoBank rows of the batch's digits "
                                  f"({x.shape[0]}), got {'none' if photos is None else len(photos)}")
+            pens = params.pen_width_px
+            if (bool((params.stroke_delta_px.index_select(0, shots) != 0).any())
+                    or (pens is not None and bool((pens.index_select(0, shots) > 0).any()))):
+                raise ValueError("a digit replaced by its photo cannot also be redrawn or take a "
+                                 "stroke change (sample never draws that)")
             taken = photos.images.index_select(0, shots)                     # (R, K, 28, 28)
             band = params.photo.index_select(0, shots).view(-1, 1, 1, 1).expand(-1, 1, *taken.shape[-2:])
             shot = to_unit(taken.gather(1, band)).to(x.dtype)                # (R, 1, 28, 28)
@@ -473,7 +478,7 @@ def augment(x: torch.Tensor, config: AugConfig, generator: torch.Generator,
 def preview(images_u8: torch.Tensor, config: AugConfig, draws: int,
             seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(digits, 1 + draws, 28, 28) uint8 grid (original first) and the (digits, draws) stroke
-    changes drawn (px; 0 for a pen redraw)."""
+    changes drawn (px; 0 for a pen redraw and a photo)."""
     x = images_u8.float().div(255)  # (D, 1, 28, 28)
     atlas = build_atlas(images_u8.cpu().numpy()).to(x.device) if config.p_pen > 0 else None
     photos = build_bank(images_u8.cpu().numpy()).to(x.device) if config.p_photo > 0 else None

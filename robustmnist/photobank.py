@@ -8,7 +8,9 @@ pixels, so a digit's photos do not depend on where it sits in the set). The bank
 once per training set on the CPU (~15 ms a digit and core: ~7-8 min for MNIST's 60,000 on 2
 cores), cached under ``<data dir>/photos`` with a content hash and named by the generator's
 fingerprint, and loaded once onto the training device; each batch then takes its rows, a
-gather (``AugConfig.p_photo``).
+gather (``AugConfig.p_photo``). The fingerprint covers the source of ``predict.py`` and
+``images.py`` (the photo family's sets are rebuilt the same way): any edit there rebuilds the
+bank, and an unfinished photo run recorded with the old bank is refused on resume.
 
 The bank is *in-renderer* training data: it comes from the generator that makes the ``photo``
 test family (from other digits, the training split, each with its own scene). A model trained

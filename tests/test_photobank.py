@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from robustmnist import photobank
 from robustmnist.augmentation import AugConfig, apply, sample
 from robustmnist.checkpoint import to_unit
 from robustmnist.cli import app
+from robustmnist.pen import build_atlas
 from robustmnist.photobank import PHOTO_BANDS, PhotoBank, build_bank, load_or_build_bank, pen_fractions
 
 POLICY = "photo+fine-pen+thickness+affine"
@@ -22,8 +25,13 @@ def test_pen_fractions_lie_in_their_bands_and_follow_the_pixels(tiny_arrays):
     for k, (lo, hi) in enumerate(PHOTO_BANDS):
         assert ((fractions[:, k] >= lo) & (fractions[:, k] < hi)).all()
     assert len(np.unique(fractions[:, 0])) == len(images)  # drawn per digit, not one for all
-    # a digit's photos do not depend on where it sits in the set
-    assert np.array_equal(pen_fractions(images[7].copy()), fractions[7])
+
+
+def test_a_digit_s_photos_do_not_depend_on_where_it_sits(tiny_arrays):
+    images = tiny_arrays["train"][0][:6]
+    bank, reversed_bank = build_bank(images, workers=1), build_bank(images[::-1].copy(), workers=1)
+    assert torch.equal(reversed_bank.images, bank.images.flip(0))
+    assert torch.equal(reversed_bank.fractions, bank.fractions.flip(0))
 
 
 def test_the_bank_photographs_each_digit_thicker_in_the_thicker_band(tiny_arrays):
@@ -47,6 +55,13 @@ def test_the_bank_is_cached_and_a_corrupt_file_rebuilt(tmp_path, tiny_arrays, mo
     path.write_bytes(path.read_bytes()[:-100])
     _, built = load_or_build_bank(images, tmp_path, workers=1)
     assert built and calls == [1]
+    # a valid file whose photos fail their checksum (one pixel changed) is rebuilt too
+    with np.load(path) as z:
+        arrays = {k: z[k].copy() for k in z.files}
+    arrays["photos"][0, 0, 14, 14] ^= 1
+    np.savez(path, **arrays)
+    _, built = load_or_build_bank(images, tmp_path, workers=1)
+    assert built and calls == [1, 1]
     monkeypatch.setattr(photobank, "BANK_VERSION", photobank.BANK_VERSION + 1)  # another bank: another file
     assert photobank.bank_id(images) != path.stem
 
@@ -88,6 +103,24 @@ def test_apply_puts_each_chosen_digit_s_photo_of_its_band_in_its_row(tiny_arrays
         apply(x, params)
     with pytest.raises(ValueError, match="PhotoBank rows"):
         apply(x, params, photos=PhotoBank(bank.images[:4], bank.fractions[:4]))
+    both = dataclasses.replace(params, pen_width_px=torch.where(params.photo >= 0, 3.0, 0.0))
+    with pytest.raises(ValueError, match="cannot also be redrawn"):
+        apply(x, both, photos=bank)
+
+
+def test_the_whole_policy_leaves_a_photo_row_its_photo(tiny_arrays):
+    # no pen, no re-fit, no full-ink step, no stroke change on a photo row (the affine off)
+    images = torch.from_numpy(tiny_arrays["train"][0][:48]).unsqueeze(1)
+    config = AugConfig.from_policy(POLICY, affine=False, delta_min_px=-2.0, delta_max_px=4.0,
+                                   pen_refit=0.8)
+    params = sample(config, 48, torch.Generator().manual_seed(2))
+    bank = build_bank(images.numpy(), workers=1)
+    out = apply(to_unit(images), params, build_atlas(images.numpy(), workers=1), photos=bank)
+    shot = torch.nonzero(params.photo >= 0).flatten()
+    assert len(shot) >= 8 and int((params.pen_width_px > 0).sum()) >= 8
+    for i in shot.tolist():
+        band = int(params.photo[i])
+        assert torch.equal(out[i, 0], bank.images[i, band].float() / 255.0), i
 
 
 def test_train_with_photos_records_the_bank_and_refuses_another_on_resume(tmp_path, tiny_data_dir,
