@@ -103,7 +103,7 @@ def test_apply_puts_each_chosen_digit_s_photo_of_its_band_in_its_row(tiny_arrays
         apply(x, params)
     with pytest.raises(ValueError, match="PhotoBank rows"):
         apply(x, params, photos=PhotoBank(bank.images[:4], bank.fractions[:4]))
-    both = dataclasses.replace(params, pen_width_px=torch.where(params.photo >= 0, 3.0, 0.0))
+    both = dataclasses.replace(params, stroke_delta_px=torch.where(params.photo >= 0, 1.0, 0.0))
     with pytest.raises(ValueError, match="cannot also be redrawn"):
         apply(x, both, photos=bank)
 
