@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import io
 import json
 import os
 import platform
 import subprocess
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -96,6 +99,39 @@ def write_error(path: Path, err: OSError) -> RobustMnistError:
 
 
 T = TypeVar("T")
+
+
+def sha256_of(*arrays: Any) -> str:
+    """The hex SHA-256 of each array's bytes (C order), concatenated: a cache file's checksum."""
+    import numpy as np
+
+    return "".join(hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest() for a in arrays)
+
+
+def checked_npz(arrays: dict[str, Any], meta: dict[str, Any]) -> bytes:
+    """The bytes of an .npz holding `arrays` and `meta` plus their checksum (`load_checked_npz`)."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays, meta=np.array(json.dumps({**meta, "sha256": sha256_of(*arrays.values())})))
+    return buf.getvalue()
+
+
+def load_checked_npz(path: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any] | None:
+    """The arrays of a `checked_npz` file (name -> the shape it must have, in the order they
+    were written), or None if it is missing, unreadable, misshapen or fails its checksum."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in shapes}
+            meta: Any = json.loads(str(z["meta"]))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+    if (not isinstance(meta, dict) or any(a.shape != shapes[k] for k, a in arrays.items())
+            or meta.get("sha256") != sha256_of(*arrays.values())):
+        return None
+    return arrays
 
 
 def load_or_build(path: Path, load: Callable[[Path], T | None], build: Callable[[], tuple[T, bytes]],

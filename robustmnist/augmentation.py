@@ -428,9 +428,9 @@ def apply(x: torch.Tensor, params: AugParams, atlas: PenAtlas | None = None,
             if photos is None or len(photos) != x.shape[0]:
                 raise ValueError("a photo policy needs the PhotoBank rows of the batch's digits "
                                  f"({x.shape[0]}), got {'none' if photos is None else len(photos)}")
-            pens = params.pen_width_px
+            drawn_px = params.pen_width_px
             if (bool((params.stroke_delta_px.index_select(0, shots) != 0).any())
-                    or (pens is not None and bool((pens.index_select(0, shots) > 0).any()))):
+                    or (drawn_px is not None and bool((drawn_px.index_select(0, shots) > 0).any()))):
                 raise ValueError("a digit replaced by its photo cannot also be redrawn or take a "
                                  "stroke change (sample never draws that)")
             taken = photos.images.index_select(0, shots)                     # (R, K, 28, 28)

@@ -31,13 +31,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-import io
 import json
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -328,7 +325,7 @@ def atlas_id(images: np.ndarray) -> str:
     algorithm's settings (its cache file's stem; training runs record it)."""
     spec = json.dumps({"atlas": ATLAS_VERSION, "upscale": UPSCALE, "step": DIST_STEP,
                        "calibration": CALIBRATION_WIDTHS, "floor": PEN_RANGE[0],
-                       "images": _sha256(as_digits(images))}, sort_keys=True)
+                       "images": artifacts.sha256_of(as_digits(images))}, sort_keys=True)
     return f"atlas_{len(images)}_{hashlib.sha256(spec.encode()).hexdigest()[:16]}"
 
 
@@ -337,23 +334,13 @@ def atlas_path(cache_dir: Path, images: np.ndarray) -> Path:
     return Path(cache_dir) / f"{atlas_id(images)}.npz"
 
 
-def _sha256(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
-
-
 def _load_atlas(path: Path, n: int) -> PenAtlas | None:
     """The cached atlas, or None if missing, unreadable or failing its content hash."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            distance, knots = z["distance"], z["knots"]
-            meta: Any = json.loads(str(z["meta"]))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+    z = artifacts.load_checked_npz(path, {"distance": (n, 28, 28),
+                                          "knots": (n, len(CALIBRATION_WIDTHS) + 1)})
+    if z is None:
         return None
-    if (not isinstance(meta, dict) or distance.shape != (n, 28, 28)
-            or knots.shape != (n, len(CALIBRATION_WIDTHS) + 1)
-            or meta.get("sha256") != _sha256(distance) + _sha256(knots)):
-        return None
-    return PenAtlas(torch.from_numpy(distance).unsqueeze(1), torch.from_numpy(knots))
+    return PenAtlas(torch.from_numpy(z["distance"]).unsqueeze(1), torch.from_numpy(z["knots"]))
 
 
 def load_or_build_atlas(images: np.ndarray, cache_dir: Path | None, workers: int | None = None,
@@ -368,11 +355,8 @@ def load_or_build_atlas(images: np.ndarray, cache_dir: Path | None, workers: int
 
     def built() -> tuple[PenAtlas, bytes]:
         atlas = build_atlas(images, workers)
-        distance, knots = atlas.distance[:, 0].numpy(), atlas.knots.numpy()
-        meta = {"atlas": ATLAS_VERSION, "sha256": _sha256(distance) + _sha256(knots)}
-        buf = io.BytesIO()
-        np.savez(buf, distance=distance, knots=knots, meta=np.array(json.dumps(meta)))
-        return atlas, buf.getvalue()
+        arrays = {"distance": atlas.distance[:, 0].numpy(), "knots": atlas.knots.numpy()}
+        return atlas, artifacts.checked_npz(arrays, {"atlas": ATLAS_VERSION})
 
     def announce(why: str) -> None:
         log(f"building the pen atlas of {len(images):,} digits (skeletons and calibration, {why}; "

@@ -22,13 +22,10 @@ kind).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -106,28 +103,17 @@ def bank_id(images: np.ndarray) -> str:
     generator's fingerprint (its cache file's stem; training runs record it)."""
     images = as_digits(images)
     spec = json.dumps({"bank": BANK_VERSION, "bands": PHOTO_BANDS, "photo": photo_fingerprint(),
-                       "images": _sha256(images)}, sort_keys=True)
+                       "images": artifacts.sha256_of(images)}, sort_keys=True)
     return f"photos_{len(images)}_{hashlib.sha256(spec.encode()).hexdigest()[:16]}"
-
-
-def _sha256(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 def _load(path: Path, n: int) -> PhotoBank | None:
     """The cached bank, or None if missing, unreadable or failing its content hash."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            photos, fractions = z["photos"], z["fractions"]
-            meta: Any = json.loads(str(z["meta"]))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
-        return None
     k = len(PHOTO_BANDS)
-    if (not isinstance(meta, dict) or photos.shape != (n, k, 28, 28) or photos.dtype != np.uint8
-            or fractions.shape != (n, k)
-            or meta.get("sha256") != _sha256(photos) + _sha256(fractions)):
+    z = artifacts.load_checked_npz(path, {"photos": (n, k, 28, 28), "fractions": (n, k)})
+    if z is None or z["photos"].dtype != np.uint8:
         return None
-    return PhotoBank(torch.from_numpy(photos), torch.from_numpy(fractions))
+    return PhotoBank(torch.from_numpy(z["photos"]), torch.from_numpy(z["fractions"]))
 
 
 def load_or_build_bank(images: np.ndarray, cache_dir: Path | None, workers: int | None = None,
@@ -141,11 +127,8 @@ def load_or_build_bank(images: np.ndarray, cache_dir: Path | None, workers: int 
 
     def built() -> tuple[PhotoBank, bytes]:
         bank = build_bank(images, workers)
-        photos, fractions = bank.images.numpy(), bank.fractions.numpy()
-        meta = {"bank": BANK_VERSION, "sha256": _sha256(photos) + _sha256(fractions)}
-        buf = io.BytesIO()
-        np.savez(buf, photos=photos, fractions=fractions, meta=np.array(json.dumps(meta)))
-        return bank, buf.getvalue()
+        arrays = {"photos": bank.images.numpy(), "fractions": bank.fractions.numpy()}
+        return bank, artifacts.checked_npz(arrays, {"bank": BANK_VERSION})
 
     def announce(why: str) -> None:
         log(f"photographing the {len(images):,} training digits at {len(PHOTO_BANDS)} pen widths "
