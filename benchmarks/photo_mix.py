@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from robustmnist import artifacts
+from robustmnist import RobustMnistError, artifacts
 from robustmnist.analysis import mean_ci
 from robustmnist.checkpoint import Classifier, load_checkpoint
 from robustmnist.data import default_data_dir, load_split
@@ -60,6 +60,22 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders of the photo mix")
     parser.add_argument("--reference", type=Path, default=ROOT.parent / "reports/capacity/results.csv")
     args = parser.parse_args()
+    try:
+        ref = pd.read_csv(args.reference)
+        ref = ref[ref.variant == REFERENCE]
+        checkpoints = [load_checkpoint(run / "checkpoint.pt") for run in args.runs]
+    except (OSError, AttributeError, RobustMnistError, pd.errors.ParserError) as err:
+        raise SystemExit(f"error: {err}; name finished run folders and the capacity study's "
+                         "results.csv (--reference)") from None
+    for run, ckpt in zip(args.runs, checkpoints, strict=True):
+        if not ckpt.complete:
+            raise SystemExit(f"error: {run} is not finished; finish it with robustmnist train ... --resume")
+        c = ckpt.config
+        asked = (c.aug.policy, c.aug.delta_min_px, c.aug.delta_max_px, c.aug.pen_refit, c.model, c.epochs)
+        if asked != ("photo+fine-pen+thickness+affine", -2.0, 4.0, 0.8, "wide", 20):
+            raise SystemExit(f"error: {run}: trained with {asked}; this table compares the command above")
+        if not (ref.seed == c.seed).any():
+            raise SystemExit(f"error: {run}: seed {c.seed} has no {REFERENCE} run in {args.reference}")
     data = default_data_dir()
     test = load_split("test", data)
     sets = {}
@@ -69,19 +85,8 @@ def main() -> None:
         else:
             pset, y = test_set(family, level, data, test=test)
             sets[label(family, level)] = (torch.from_numpy(pset.images).unsqueeze(1), torch.from_numpy(y))
-    ref = pd.read_csv(args.reference)
-    ref = ref[ref.variant == REFERENCE]
     rows, meta = [], {}
-    for run in args.runs:
-        ckpt = load_checkpoint(run / "checkpoint.pt")
-        if not ckpt.complete:
-            raise SystemExit(f"{run} is not finished")
-        c = ckpt.config
-        asked = (c.aug.policy, c.aug.delta_min_px, c.aug.delta_max_px, c.aug.pen_refit, c.model, c.epochs)
-        if asked != ("photo+fine-pen+thickness+affine", -2.0, 4.0, 0.8, "wide", 20):
-            raise SystemExit(f"{run}: trained with {asked}; this table compares the command above")
-        if not (ref.seed == c.seed).any():
-            raise SystemExit(f"{run}: seed {c.seed} has no {REFERENCE} run in {args.reference}")
+    for run, ckpt in zip(args.runs, checkpoints, strict=True):
         model = Classifier.from_checkpoint(ckpt)
         seed = ckpt.config.seed
         meta[str(run)] = {"seed": seed, "policy": ckpt.config.aug.policy,

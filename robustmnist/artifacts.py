@@ -135,12 +135,14 @@ def load_checked_npz(path: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str
 
 
 def load_or_build(path: Path, load: Callable[[Path], T | None], build: Callable[[], tuple[T, bytes]],
-                  announce: Callable[[str], None] = lambda _why: None) -> tuple[T, bool]:
+                  announce: Callable[[str], None] = lambda _why: None,
+                  waiting: Callable[[str], None] = lambda _msg: None) -> tuple[T, bool]:
     """A cache file's content: ``load(path)`` (None when missing, unreadable or failing its
     hash), else ``build()`` -> (value, file bytes), written atomically. A second process
     wanting the same file waits on a lock for the first one's build instead of repeating
     it; a valid file is read without the lock (a read-only cache serves as is). `announce`
-    gets why a build starts ("once" or the rebuild's reason). Returns (value, built).
+    gets why a build starts ("once" or the rebuild's reason), `waiting` a line when another
+    process holds the lock. Returns (value, built).
     """
     path = Path(path)
     if path.exists() and (cached := load(path)) is not None:
@@ -148,9 +150,13 @@ def load_or_build(path: Path, load: Callable[[Path], T | None], build: Callable[
     lock = FileLock(f"{path}.lock")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:  # another process holds it: say so, then wait for its build
+            waiting(f"waiting for another robustmnist process to finish building {path}")
+            lock.acquire()
     except OSError as err:
-        raise write_error(path, err) from None
+        raise write_error(Path(lock.lock_file), err) from None
     try:
         if path.exists() and (cached := load(path)) is not None:
             return cached, False  # built meanwhile by the holder of the lock

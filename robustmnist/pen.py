@@ -363,7 +363,7 @@ def load_or_build_atlas(images: np.ndarray, cache_dir: Path | None, workers: int
             f"cached in {path.parent})")
 
     atlas, was_built = artifacts.load_or_build(path, lambda p: _load_atlas(p, len(images)), built,
-                                               announce)
+                                               announce, log)
     return (atlas if was_built else atlas.with_boxes(images)), was_built
 
 

@@ -48,7 +48,7 @@ def pen_fractions(image: np.ndarray) -> np.ndarray:
     """(K,) the pen fractions a digit is photographed at, one per band, seeded by its pixels.
 
     >>> f = pen_fractions(np.zeros((28, 28), np.uint8))
-    >>> [lo <= v < hi for v, (lo, hi) in zip(f, PHOTO_BANDS)]
+    >>> [bool(lo <= v < hi) for v, (lo, hi) in zip(f, PHOTO_BANDS)]
     [True, True]
     """
     u = np.random.default_rng([digit_seed(image), BANK_VERSION]).uniform(size=len(PHOTO_BANDS))
@@ -134,7 +134,7 @@ def load_or_build_bank(images: np.ndarray, cache_dir: Path | None, workers: int 
         log(f"photographing the {len(images):,} training digits at {len(PHOTO_BANDS)} pen widths "
             f"({why}, ~15 ms a digit and core; cached in {path.parent})")
 
-    return artifacts.load_or_build(path, lambda p: _load(p, len(images)), built, announce)
+    return artifacts.load_or_build(path, lambda p: _load(p, len(images)), built, announce, log)
 
 
 def training_bank(images: torch.Tensor, data_dir: Path | None, log: Log = lambda _m: None) -> PhotoBank:
