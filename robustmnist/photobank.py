@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import torch
 
 from robustmnist import artifacts
 from robustmnist.measure import as_digits, map_chunks
-from robustmnist.pen import PhotoDigit, digit_seed, photo_fingerprint, read_photos
+from robustmnist.pen import Log, PhotoDigit, digit_seed, photo_fingerprint, read_photos
 
 #: One photo per digit and band: a pen fraction (of the digit's height) uniform in each band.
 #: The bands cover the thick end, where the pen redraws fall short of photos; the fine pens
@@ -40,8 +39,6 @@ from robustmnist.pen import PhotoDigit, digit_seed, photo_fingerprint, read_phot
 PHOTO_BANDS = ((0.10, 0.20), (0.20, 0.30))
 #: Bump when the bank's computation changes (besides the photo generator's own fingerprint).
 BANK_VERSION = 1
-
-Log = Callable[[str], None]
 
 
 def pen_fractions(image: np.ndarray) -> np.ndarray:
