@@ -11,11 +11,11 @@ the reference here would give those numbers). Train the runs first, per seed S::
         --model wide --epochs 20 --seed S --out results/photo-mix/photo40-seedS
     python benchmarks/photo_mix.py results/photo-mix/photo40-seed*
 
-Writes ``benchmarks/results/photo-mix.{json,md}``. Mean ± the 95 % t-interval over seeds, as in
-the reports; no McNemar test (the reference's predictions are not committed). The policy's
-photos take 40 % of the digits from the recommendation's mix: its pens then redraw 42 % of them
-(not 70 %) and its stroke change reaches ~14 % (not ~24 %), so the comparison is "photos
-instead of some pens and stroke changes", not photos added on top.
+Writes ``benchmarks/results/photo-mix.{json,md}`` (``--out`` another folder). Mean ± the 95 %
+t-interval over seeds, as in the reports; no McNemar test (the reference's predictions are not
+committed). The policy's photos take 40 % of the digits from the recommendation's mix: its pens
+then redraw 42 % of them (not 70 %) and its stroke change reaches ~14 % (not ~24 %), so the
+comparison is "photos instead of some pens and stroke changes", not photos added on top.
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders of the photo mix")
     parser.add_argument("--reference", type=Path, default=ROOT.parent / "reports/capacity/results.csv")
+    parser.add_argument("--out", type=Path, default=ROOT / "results",
+                        help="folder of photo-mix.{json,md} (default: benchmarks/results)")
     args = parser.parse_args()
     try:
         ref = pd.read_csv(args.reference)
@@ -115,13 +117,14 @@ def main() -> None:
     record = {"runs": meta, "rows": rows, "summary": summary, "reference": str(shown),
               "machine": f"{machine['host_cpu']}, {machine['cpu_count']} cores, torch {machine['torch']}",
               "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    artifacts.write_json(ROOT / "results" / "photo-mix.json", record)
+    args.out.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(args.out / "photo-mix.json", record)
     text = (f"`python benchmarks/photo_mix.py {' '.join(str(r) for r in args.runs)}` "
             f"({record['measured']}, {record['machine']}): `photo+fine-pen+thickness+affine` "
             f"(`--aug-range -2,4 --aug-refit 0.8 --model wide`, 20 epochs) against the same seeds "
             f"of `{REFERENCE}` from `{shown}`. Accuracy %, mean ± "
             "half-width of the 95 % t-interval over seeds.\n\n" + "\n".join(table) + "\n")
-    artifacts.write_text(ROOT / "results" / "photo-mix.md", text)
+    artifacts.write_text(args.out / "photo-mix.md", text)
     print(text)
     print(json.dumps({k: cell(v["difference"], "+") for k, v in summary.items()}))
 

@@ -12,19 +12,22 @@ stays below the floor, the floor asks more of the network than the data allows.
 
     python benchmarks/photo_oracle.py --fraction 0.25 --model wide --epochs 20 --seed 0
 
-Writes ``benchmarks/results/photo-oracle-<fraction>-<model>-seed<seed>.{json,md}``; the run
+Writes ``benchmarks/results/photo-oracle-<fraction>-<model>[-affine][-e<epochs>]-seed<seed>.{json,md}``
+(``-e<epochs>`` when not 20); the run
 folder and the training photos go to ``--work`` (default ``results/photo-oracle``).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from robustmnist import artifacts
@@ -32,6 +35,7 @@ from robustmnist.checkpoint import Classifier, load_checkpoint
 from robustmnist.config import AugConfig, TrainConfig
 from robustmnist.data import default_data_dir, load_split, split_from_arrays
 from robustmnist.evaluation import test_set
+from robustmnist.pen import photo_fingerprint
 from robustmnist.perturb import build_sets
 from robustmnist.training import Progress, train
 
@@ -39,8 +43,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def training_photos(images: np.ndarray, fraction: float, work: Path) -> tuple[np.ndarray, float]:
-    """The training digits photographed at `fraction` (cached in `work`), and build seconds."""
-    cache = work / f"train-photo-{fraction:g}-{len(images)}.npz"
+    """The training digits photographed at `fraction` (cached in `work`, keyed by the photo
+    generator's fingerprint: a change to it or to ``predict`` photographs them again), and
+    build seconds."""
+    key = hashlib.sha256(photo_fingerprint().encode()).hexdigest()[:12]
+    cache = work / f"train-photo-{fraction:g}-{len(images)}-{key}.npz"
     if cache.is_file():
         return np.load(cache)["images"], 0.0
     t0 = time.perf_counter()
@@ -77,12 +84,16 @@ def main() -> None:
     config = TrainConfig(epochs=args.epochs, model=args.model, seed=args.seed, device="cpu",
                          aug=AugConfig.from_policy("thickness+affine", p_untouched=1.0)
                          if args.affine else AugConfig.from_policy("none"))
-    tag = f"{args.fraction:g}-{args.model}{'-affine' * args.affine}-seed{args.seed}"
+    # 20 epochs (the committed results) unnamed; any other schedule in the name, so a shorter
+    # run neither resumes the 20-epoch one nor replaces its results
+    schedule = "" if args.epochs == 20 else f"-e{args.epochs}"
+    tag = f"{args.fraction:g}-{args.model}{'-affine' * args.affine}{schedule}-seed{args.seed}"
     run = args.work / f"oracle-{tag}-{len(images)}"
-    t0 = time.perf_counter()
     train(config, run, resume=True, train_split=mixed, test_split=test_split, progress=Progress(),
           variant=f"photo-oracle-{args.fraction:g}")
-    train_s = time.perf_counter() - t0
+    # the epochs' own times (metrics.csv): a rerun of a finished run, or a resumed one, trained
+    # over several sessions, not in this one
+    train_s = float(pd.read_csv(run / "metrics.csv")["epoch_seconds"].sum())
     model = Classifier.from_checkpoint(load_checkpoint(run / "checkpoint.pt"))
     read = {"clean": model.evaluate(test_split.images, test_split.labels)[1]}
     for level in (float(v) for v in args.levels.split(",")):

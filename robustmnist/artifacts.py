@@ -134,17 +134,28 @@ def load_checked_npz(path: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str
     return arrays
 
 
+#: The way out of a data-folder cache that cannot be used (`load_or_build`'s errors).
+CACHE_FIX = "--data-dir (or $ROBUSTMNIST_DATA_DIR) chooses another data folder"
+
+
 def load_or_build(path: Path, load: Callable[[Path], T | None], build: Callable[[], tuple[T, bytes]],
                   announce: Callable[[str], None] = lambda _why: None,
-                  waiting: Callable[[str], None] = lambda _msg: None) -> tuple[T, bool]:
-    """A cache file's content: ``load(path)`` (None when missing, unreadable or failing its
-    hash), else ``build()`` -> (value, file bytes), written atomically. A second process
-    wanting the same file waits on a lock for the first one's build instead of repeating
-    it; a valid file is read without the lock (a read-only cache serves as is). `announce`
-    gets why a build starts ("once" or the rebuild's reason), `waiting` a line when another
-    process holds the lock. Returns (value, built).
+                  log: Callable[[str], None] = lambda _msg: None) -> tuple[T, bool]:
+    """A data-folder cache file's content: ``load(path)`` (None when missing, unreadable or
+    failing its hash), else ``build()`` -> (value, file bytes), written atomically. A second
+    process wanting the same file waits on a lock for the first one's build instead of
+    repeating it; a valid file is read without the lock (a read-only cache serves as is).
+    `announce` gets why a build starts ("once" or the rebuild's reason), `log` a line when
+    another process holds the lock, or when the built file could not be written (the value is
+    returned all the same). Returns (value, built).
+
+    Everything that would stop the build's result from being kept is checked before the build
+    (which may take minutes): a folder in the file's place, a folder that cannot be written.
     """
     path = Path(path)
+    if path.is_dir():
+        raise RobustMnistError(f"{path} is a folder where robustmnist keeps a cache file; "
+                               f"move it away, or {CACHE_FIX}")
     if path.exists() and (cached := load(path)) is not None:
         return cached, False
     lock = FileLock(f"{path}.lock")
@@ -153,16 +164,22 @@ def load_or_build(path: Path, load: Callable[[Path], T | None], build: Callable[
         try:
             lock.acquire(timeout=0)
         except Timeout:  # another process holds it: say so, then wait for its build
-            waiting(f"waiting for another robustmnist process to finish building {path}")
+            log(f"waiting for another robustmnist process to finish building {path}")
             lock.acquire()
     except OSError as err:
-        raise write_error(Path(lock.lock_file), err) from None
+        raise RobustMnistError(f"{write_error(Path(lock.lock_file), err)}, or {CACHE_FIX}") from None
     try:
         if path.exists() and (cached := load(path)) is not None:
             return cached, False  # built meanwhile by the holder of the lock
+        if not os.access(path.parent, os.W_OK):  # the lock can exist in a read-only folder
+            raise RobustMnistError(f"cannot write {path} (its folder is read-only); make it "
+                                   f"writable, or {CACHE_FIX}")
         announce("unreadable or failing its checksum: rebuilding it" if path.exists() else "once")
         value, data = build()
-        write_bytes(path, data)
+        try:
+            write_bytes(path, data)
+        except OSError as err:  # the build is not lost: this run goes on without the cache
+            log(f"{write_error(path, err)}: not cached, so the next run builds it again")
         return value, True
     finally:
         lock.release()

@@ -112,11 +112,15 @@ def preview_figure(images_u8: Any, config: Any, draws: int, seed: int) -> tuple[
     """The `augment preview` grid: each digit, then `draws` draws of the policy; and the
     (digits, draws) stroke levels drawn."""
     from robustmnist.augmentation import preview
+    from robustmnist.photobank import PHOTO_BANDS
 
     grid, deltas = preview(images_u8, config, draws, seed)
     col_labels = ["original"] + [f"draw {i + 1}" for i in range(draws)]
     row_labels = [f"#{i}" for i in range(len(images_u8))]
     parts = []
+    if config.p_photo:
+        low, high = PHOTO_BANDS[0][0], PHOTO_BANDS[-1][1]
+        parts.append(f"photos, pen {low:g}-{high:g} of the height (p {config.p_photo:g})")
     if config.delta_min_px or config.delta_max_px:
         parts.append(f"stroke change [{config.delta_min_px:g}, {config.delta_max_px:g}] px")
     if config.p_pen:

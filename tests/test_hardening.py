@@ -490,6 +490,44 @@ def test_a_valid_cached_atlas_is_read_without_the_lock(tmp_path, tiny_arrays, mo
     assert not built and torch.equal(again.distance, first.distance)
 
 
+def _never_built() -> tuple[str, bytes]:
+    raise AssertionError("the build ran although its result could not be kept")
+
+
+def test_a_folder_in_a_cache_files_place_is_refused_before_the_build(tmp_path):
+    target = tmp_path / "photos" / "bank.npz"
+    target.mkdir(parents=True)
+    with pytest.raises(RobustMnistError, match=r"bank\.npz is a folder .*--data-dir"):
+        artifacts.load_or_build(target, lambda _p: None, _never_built)
+    assert target.is_dir() and not any(target.iterdir())
+
+
+def test_a_read_only_cache_folder_is_refused_before_the_build(tmp_path, monkeypatch):
+    target = tmp_path / "photos" / "bank.npz"
+    target.parent.mkdir()
+    target.write_bytes(b"a corrupt bank")  # so it would be rebuilt
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == target.parent
+                        else real_access(p, mode))  # as a read-only mount answers (root too)
+    with pytest.raises(RobustMnistError, match=r"bank\.npz \(its folder is read-only\).*--data-dir"):
+        artifacts.load_or_build(target, lambda _p: None, _never_built)
+    assert target.read_bytes() == b"a corrupt bank"
+
+
+def test_a_cache_file_that_cannot_be_written_after_its_build_keeps_the_value(tmp_path, monkeypatch):
+    target = tmp_path / "pen" / "atlas.npz"
+    lines: list[str] = []
+
+    def full_disk(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(artifacts, "write_bytes", full_disk)
+    value, built = artifacts.load_or_build(target, lambda _p: None, lambda: ("built", b"bytes"),
+                                           log=lines.append)
+    assert (value, built) == ("built", True) and not target.exists()
+    assert len(lines) == 1 and "free some disk space" in lines[0] and "not cached" in lines[0]
+
+
 def test_sigterm_is_handled_like_ctrl_c():
     import signal
 

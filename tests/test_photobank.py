@@ -140,3 +140,14 @@ def test_train_with_photos_records_the_bank_and_refuses_another_on_resume(tmp_pa
     refused = runner.invoke(app, [*base, "--epochs", "2", "--resume"])
     assert refused.exit_code != 0 and recorded in refused.output and "--force" in refused.output
     assert "training photos" in refused.output
+
+
+def test_the_preview_title_states_the_photo_share(tiny_arrays):
+    from robustmnist.plots import preview_figure
+
+    images = torch.from_numpy(tiny_arrays["train"][0][:2]).unsqueeze(1)
+    fig, _ = preview_figure(images, AugConfig.from_policy(POLICY, p_photo=0.3), draws=1, seed=0)
+    title = fig._suptitle.get_text()
+    assert "photos, pen 0.1-0.3 of the height (p 0.3)" in title
+    fig, _ = preview_figure(images, AugConfig.from_policy("fine-pen+thickness+affine"), draws=1, seed=0)
+    assert "photos" not in fig._suptitle.get_text()
