@@ -52,6 +52,7 @@ THINNED = (0.14, 0.16)     # stroke / height targets of the photo-resolution thi
 REDRAW_PX, REDRAW_ABOVE_PX = 3.0, 4.0
 TTA = 0.16
 CHUNK = 250
+FIT = predict._fit_and_centre  # the reading's last step, unhooked
 
 
 def stroke_ratio(coverage: np.ndarray) -> tuple[float, np.ndarray]:
@@ -75,24 +76,29 @@ def stroke_ratio(coverage: np.ndarray) -> tuple[float, np.ndarray]:
 def thinned(coverage: np.ndarray, target: float) -> np.ndarray | None:
     """The 28x28 reading of `coverage` with its pen eroded to `target` of the digit's height,
     or None when the stroke is no wider than that. Eroding by r px narrows the stroke by 2r
-    and the digit by 2r: r solves (w - 2r) / (h - 2r) = target."""
+    and the digit by 2r: r solves (w - 2r) / (h - 2r) = target.
+
+    >>> c = np.zeros((60, 60), np.float32); c[10:50, 25:35] = 1.0  # stroke 0.25 of the height
+    >>> thin, bar = thinned(c, 0.3), thinned(c, 0.15)
+    >>> thin is None, bar.shape, int((bar[14] > 127).sum()), int((FIT(c)[14] > 127).sum())
+    (True, (28, 28), 3, 5)
+    """
     ratio, signed = stroke_ratio(coverage)
     if ratio <= target:
         return None
     height = max(predict._extent(coverage.max(1)), predict._extent(coverage.max(0)))
     r = (ratio - target) * height / (2 * (1 - target))
-    return predict._fit_and_centre(np.clip(signed - r + 0.5, 0, 1).astype(np.float32))
+    return FIT(np.clip(signed - r + 0.5, 0, 1).astype(np.float32))
 
 
 def _read(args: tuple[np.ndarray, float]) -> tuple[np.ndarray, np.ndarray]:
     """Worker: (as read (n, 28, 28), thinned (n, len(THINNED), 28, 28), as read where not)."""
     images, fraction = args
     seen: list[np.ndarray] = []
-    fit = predict._fit_and_centre
 
     def keep(coverage: np.ndarray) -> np.ndarray:
         seen.append(coverage)
-        return fit(coverage)
+        return FIT(coverage)
 
     predict._fit_and_centre = keep  # this process only: the coverage the reading ends with
     plain, thin = [], []
@@ -103,9 +109,9 @@ def _read(args: tuple[np.ndarray, float]) -> tuple[np.ndarray, np.ndarray]:
         except predict.ImageError:
             read = np.zeros((28, 28), np.uint8)
         plain.append(read)
-        alts = [thinned(seen[-1], t) if seen else None for t in THINNED]
+        alts = [thinned(seen[0], t) if seen else None for t in THINNED]  # each from the photo's own
         thin.append(np.stack([read if a is None else a for a in alts]))
-    predict._fit_and_centre = fit
+    predict._fit_and_centre = FIT
     return np.stack(plain), np.stack(thin)
 
 
