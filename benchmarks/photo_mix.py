@@ -55,6 +55,15 @@ def cell(ci: tuple[float, float, float, int], sign: str = "") -> str:
     return f"{mean:{sign}.2f}" + (f" ± {(hi - lo) / 2:.2f}" if n > 1 else "")
 
 
+def out_folder(out: Path) -> None:
+    """Make the results folder before any work, or stop with one line (a file in its place or
+    on its path, a folder that cannot be made)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SystemExit(f"error: --out {out}: {err.strerror or err}; name a folder") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders of the photo mix")
@@ -62,6 +71,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "results",
                         help="folder of photo-mix.{json,md} (default: benchmarks/results)")
     args = parser.parse_args()
+    out_folder(args.out)
     try:
         ref = pd.read_csv(args.reference)
         ref = ref[ref.variant == REFERENCE]
@@ -117,7 +127,6 @@ def main() -> None:
     record = {"runs": meta, "rows": rows, "summary": summary, "reference": str(shown),
               "machine": f"{machine['host_cpu']}, {machine['cpu_count']} cores, torch {machine['torch']}",
               "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    args.out.mkdir(parents=True, exist_ok=True)
     artifacts.write_json(args.out / "photo-mix.json", record)
     text = (f"`python benchmarks/photo_mix.py {' '.join(str(r) for r in args.runs)}` "
             f"({record['measured']}, {record['machine']}): `photo+fine-pen+thickness+affine` "

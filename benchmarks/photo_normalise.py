@@ -38,6 +38,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from photo_mix import out_folder
 from skimage.morphology import skeletonize
 
 from robustmnist import RobustMnistError, artifacts, predict
@@ -140,16 +141,20 @@ def main() -> None:
     args = parser.parse_args()
     try:
         fractions = [float(f) for f in args.fractions.split(",")]
-        checkpoints = [load_checkpoint(run / "checkpoint.pt") for run in args.runs]
     except ValueError:
         raise SystemExit(f"error: --fractions {args.fractions!r}: expected numbers such as "
                          "0.2,0.25") from None
-    except (OSError, RobustMnistError) as err:
-        raise SystemExit(f"error: {err}; name finished run folders") from None
     if not all(0 < f < 0.5 for f in fractions):
         raise SystemExit(f"error: --fractions {args.fractions!r}: each in (0, 0.5), such as 0.25")
     if args.limit is not None and args.limit < 1:
         raise SystemExit(f"error: --limit {args.limit}: at least 1 digit")
+    if args.workers < 1:
+        raise SystemExit(f"error: --workers {args.workers}: at least 1 process")
+    out_folder(args.out)
+    try:
+        checkpoints = [load_checkpoint(run / "checkpoint.pt") for run in args.runs]
+    except (OSError, RobustMnistError) as err:
+        raise SystemExit(f"error: {err}; name finished run folders") from None
     test = load_split("test", default_data_dir())
     images = test.images.numpy().reshape(-1, 28, 28)[:args.limit]
     labels = test.labels[:len(images)]
@@ -189,7 +194,6 @@ def main() -> None:
             f"{record['git']}): {len(images):,} test digits photographed at each pen and read "
             "each way; accuracy %, the mean of the runs (each run's in brackets).\n\n"
             + "\n".join(lines) + "\n")
-    args.out.mkdir(parents=True, exist_ok=True)
     artifacts.write_json(args.out / "photo-normalise.json", record)
     artifacts.write_text(args.out / "photo-normalise.md", text)
     print(text)

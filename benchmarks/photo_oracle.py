@@ -42,12 +42,17 @@ from robustmnist.training import Progress, train
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def photo_key() -> str:
+    """Short key of the photo generator (and ``predict``): in the training photos' cache name
+    and the run folder's, so a change there trains afresh instead of resuming a finished run."""
+    return hashlib.sha256(photo_fingerprint().encode()).hexdigest()[:12]
+
+
 def training_photos(images: np.ndarray, fraction: float, work: Path) -> tuple[np.ndarray, float]:
     """The training digits photographed at `fraction` (cached in `work`, keyed by the photo
     generator's fingerprint: a change to it or to ``predict`` photographs them again), and
     build seconds."""
-    key = hashlib.sha256(photo_fingerprint().encode()).hexdigest()[:12]
-    cache = work / f"train-photo-{fraction:g}-{len(images)}-{key}.npz"
+    cache = work / f"train-photo-{fraction:g}-{len(images)}-{photo_key()}.npz"
     if cache.is_file():
         return np.load(cache)["images"], 0.0
     t0 = time.perf_counter()
@@ -88,7 +93,7 @@ def main() -> None:
     # run neither resumes the 20-epoch one nor replaces its results
     schedule = "" if args.epochs == 20 else f"-e{args.epochs}"
     tag = f"{args.fraction:g}-{args.model}{'-affine' * args.affine}{schedule}-seed{args.seed}"
-    run = args.work / f"oracle-{tag}-{len(images)}"
+    run = args.work / f"oracle-{tag}-{len(images)}-{photo_key()}"
     train(config, run, resume=True, train_split=mixed, test_split=test_split, progress=Progress(),
           variant=f"photo-oracle-{args.fraction:g}")
     # the epochs' own times (metrics.csv): a rerun of a finished run, or a resumed one, trained

@@ -167,6 +167,9 @@ def load_or_build(path: Path, load: Callable[[Path], T | None], build: Callable[
             log(f"waiting for another robustmnist process to finish building {path}")
             lock.acquire()
     except OSError as err:
+        if Path(lock.lock_file).is_dir():
+            raise RobustMnistError(f"{lock.lock_file} is a folder where robustmnist keeps a lock "
+                                   f"file; move it away, or {CACHE_FIX}") from None
         raise RobustMnistError(f"{write_error(Path(lock.lock_file), err)}, or {CACHE_FIX}") from None
     try:
         if path.exists() and (cached := load(path)) is not None:
@@ -178,8 +181,8 @@ def load_or_build(path: Path, load: Callable[[Path], T | None], build: Callable[
         value, data = build()
         try:
             write_bytes(path, data)
-        except OSError as err:  # the build is not lost: this run goes on without the cache
-            log(f"{write_error(path, err)}: not cached, so the next run builds it again")
+        except RobustMnistError as err:  # the build is not lost: this run goes on without the cache
+            log(f"{err}; not cached, so the next run builds it again")
         return value, True
     finally:
         lock.release()

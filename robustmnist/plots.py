@@ -124,7 +124,8 @@ def preview_figure(images_u8: Any, config: Any, draws: int, seed: int) -> tuple[
     if config.delta_min_px or config.delta_max_px:
         parts.append(f"stroke change [{config.delta_min_px:g}, {config.delta_max_px:g}] px")
     if config.p_pen:
-        parts.append(f"pen {config.pen_min_px:g}-{config.pen_max_px:g} px (p {config.p_pen:g})")
+        rest = " of the rest" if config.p_photo else ""  # the pens draw among the digits left
+        parts.append(f"pen {config.pen_min_px:g}-{config.pen_max_px:g} px (p {config.p_pen:g}{rest})")
         if config.pen_refit:
             parts.append(f"re-fitted (p {config.pen_refit:g})")
         if config.pen_fine:

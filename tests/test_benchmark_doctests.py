@@ -18,7 +18,8 @@ def test_the_scripts_with_examples_are_found():
 
 
 @pytest.mark.parametrize("script", WITH_EXAMPLES, ids=lambda p: p.name)
-def test_benchmark_docstring_examples(script):
+def test_benchmark_docstring_examples(script, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as when run: a script imports its siblings
     spec = importlib.util.spec_from_file_location(f"benchmark_{script.stem}", script)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

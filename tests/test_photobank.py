@@ -148,6 +148,6 @@ def test_the_preview_title_states_the_photo_share(tiny_arrays):
     images = torch.from_numpy(tiny_arrays["train"][0][:2]).unsqueeze(1)
     fig, _ = preview_figure(images, AugConfig.from_policy(POLICY, p_photo=0.3), draws=1, seed=0)
     title = fig._suptitle.get_text()
-    assert "photos, pen 0.1-0.3 of the height (p 0.3)" in title
+    assert "photos, pen 0.1-0.3 of the height (p 0.3)" in title and "(p 0.7 of the rest)" in title
     fig, _ = preview_figure(images, AugConfig.from_policy("fine-pen+thickness+affine"), draws=1, seed=0)
-    assert "photos" not in fig._suptitle.get_text()
+    assert "photos" not in fig._suptitle.get_text() and "(p 0.7)" in fig._suptitle.get_text()
