@@ -137,7 +137,9 @@ def main() -> None:
     parser.add_argument("--fractions", default="0.2,0.25", help="pen fractions, comma-separated")
     parser.add_argument("--limit", type=int, default=None, help="first N test digits only")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results folder (default: benchmarks/results; needed with --limit, "
+                        "so a smoke run does not replace the committed figures)")
     args = parser.parse_args()
     try:
         fractions = [float(f) for f in args.fractions.split(",")]
@@ -150,11 +152,18 @@ def main() -> None:
         raise SystemExit(f"error: --limit {args.limit}: at least 1 digit")
     if args.workers < 1:
         raise SystemExit(f"error: --workers {args.workers}: at least 1 process")
+    if args.out is None and args.limit is not None:
+        raise SystemExit("error: --limit: name an --out folder too (benchmarks/results holds the "
+                         "figures of all 10,000 digits)")
+    args.out = ROOT / "results" if args.out is None else args.out
     out_folder(args.out)
     try:
-        checkpoints = [load_checkpoint(run / "checkpoint.pt") for run in args.runs]
+        checkpoints = [load_checkpoint(run) for run in args.runs]
     except (OSError, RobustMnistError) as err:
-        raise SystemExit(f"error: {err}; name finished run folders") from None
+        raise SystemExit(f"error: {err}") from None
+    for run, ckpt in zip(args.runs, checkpoints, strict=True):
+        if not ckpt.complete:
+            raise SystemExit(f"error: {run} is not finished; finish it with robustmnist train ... --resume")
     test = load_split("test", default_data_dir())
     images = test.images.numpy().reshape(-1, 28, 28)[:args.limit]
     labels = test.labels[:len(images)]
@@ -202,4 +211,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted: nothing was written") from None

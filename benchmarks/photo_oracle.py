@@ -24,19 +24,20 @@ import hashlib
 import json
 import subprocess
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from robustmnist import artifacts
+from robustmnist import RobustMnistError, artifacts
 from robustmnist.checkpoint import Classifier, load_checkpoint
 from robustmnist.config import AugConfig, TrainConfig
 from robustmnist.data import default_data_dir, load_split, split_from_arrays
 from robustmnist.evaluation import test_set
 from robustmnist.pen import photo_fingerprint
-from robustmnist.perturb import build_sets
+from robustmnist.perturb import build_sets, check_level
 from robustmnist.training import Progress, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -54,7 +55,13 @@ def training_photos(images: np.ndarray, fraction: float, work: Path) -> tuple[np
     build seconds."""
     cache = work / f"train-photo-{fraction:g}-{len(images)}-{photo_key()}.npz"
     if cache.is_file():
-        return np.load(cache)["images"], 0.0
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                cached = z["images"]
+            if cached.shape == images.shape and cached.dtype == np.uint8:
+                return cached, 0.0
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+            pass  # unreadable or not this script's: photographed again and replaced below
     t0 = time.perf_counter()
     photos = build_sets(images, "photo", [fraction])[0].images
     seconds = time.perf_counter() - t0
@@ -77,31 +84,48 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="the first N training digits "
                         "only (a smoke check of this script; the figures need all 60,000)")
     args = parser.parse_args()
+    try:
+        levels = [float(v) for v in args.levels.split(",")]
+    except ValueError:
+        raise SystemExit(f"error: --levels {args.levels!r}: expected numbers such as 0.12,0.25") from None
+    try:
+        for level in (args.fraction, *levels):
+            check_level("photo", level)
+        config = TrainConfig(epochs=args.epochs, model=args.model, seed=args.seed, device="cpu",
+                             aug=AugConfig.from_policy("thickness+affine", p_untouched=1.0)
+                             if args.affine else AugConfig.from_policy("none"))
+    except RobustMnistError as err:
+        raise SystemExit(f"error: {err}") from None
+    if args.limit is not None and args.limit < 1:
+        raise SystemExit(f"error: --limit {args.limit}: at least 1 training digit")
+    try:
+        args.work.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SystemExit(f"error: --work {args.work}: {err.strerror or err}; name a folder") from None
     data = default_data_dir()
     train_split, test_split = load_split("train", data), load_split("test", data)
     images = train_split.images[:args.limit, 0].numpy()
     labels = train_split.labels[:args.limit].numpy()
-    args.work.mkdir(parents=True, exist_ok=True)
     photos, build_s = training_photos(images, args.fraction, args.work)
     blank = int((photos.reshape(len(photos), -1).max(1) == 0).sum())
     mixed = split_from_arrays(np.concatenate([images, photos]), np.concatenate([labels, labels]),
                               "train+photo")
-    config = TrainConfig(epochs=args.epochs, model=args.model, seed=args.seed, device="cpu",
-                         aug=AugConfig.from_policy("thickness+affine", p_untouched=1.0)
-                         if args.affine else AugConfig.from_policy("none"))
     # 20 epochs (the committed results) unnamed; any other schedule in the name, so a shorter
     # run neither resumes the 20-epoch one nor replaces its results
     schedule = "" if args.epochs == 20 else f"-e{args.epochs}"
     tag = f"{args.fraction:g}-{args.model}{'-affine' * args.affine}{schedule}-seed{args.seed}"
     run = args.work / f"oracle-{tag}-{len(images)}-{photo_key()}"
-    train(config, run, resume=True, train_split=mixed, test_split=test_split, progress=Progress(),
-          variant=f"photo-oracle-{args.fraction:g}")
+    try:
+        train(config, run, resume=True, train_split=mixed, test_split=test_split, progress=Progress(),
+              variant=f"photo-oracle-{args.fraction:g}")
+    except RobustMnistError as err:
+        raise SystemExit(f"error: {err}") from None
     # the epochs' own times (metrics.csv): a rerun of a finished run, or a resumed one, trained
     # over several sessions, not in this one
     train_s = float(pd.read_csv(run / "metrics.csv")["epoch_seconds"].sum())
     model = Classifier.from_checkpoint(load_checkpoint(run / "checkpoint.pt"))
     read = {"clean": model.evaluate(test_split.images, test_split.labels)[1]}
-    for level in (float(v) for v in args.levels.split(",")):
+    for level in levels:
         pset, y = test_set("photo", level, data, test=test_split)
         read[f"photo {level:g}"] = model.evaluate(torch.from_numpy(pset.images).unsqueeze(1),
                                                   torch.from_numpy(y))[1]
@@ -114,7 +138,7 @@ def main() -> None:
               "machine": f"{machine['host_cpu']}, {machine['cpu_count']} cores, "
                          f"{machine['torch_threads']} torch threads, torch {machine['torch']}",
               "tree": tree, "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    name = f"photo-oracle-{tag}"
+    name = f"photo-oracle-{tag}" + (f"-n{len(images)}" if args.limit is not None else "")
     extra = ("the small random affine on every digit, no stroke change" if args.affine
              else "no other augmentation")
     folder = RESULTS if args.limit is None else args.work
@@ -134,4 +158,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted: the same command resumes the run from its last epoch") from None

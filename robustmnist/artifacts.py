@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import io
 import json
@@ -151,6 +152,7 @@ def load_or_build(path: Path, load: Callable[[Path], T | None], build: Callable[
 
     Everything that would stop the build's result from being kept is checked before the build
     (which may take minutes): a folder in the file's place, a folder that cannot be written.
+    A temporary file that a killed write of this same file left behind is removed.
     """
     path = Path(path)
     if path.is_dir():
@@ -177,6 +179,10 @@ def load_or_build(path: Path, load: Callable[[Path], T | None], build: Callable[
         if not os.access(path.parent, os.W_OK):  # the lock can exist in a read-only folder
             raise RobustMnistError(f"cannot write {path} (its folder is read-only); make it "
                                    f"writable, or {CACHE_FIX}")
+        # A write of this very file that was killed left its temporary file (atomic_path's
+        # name): under the file's lock no robustmnist process is writing it, so it goes.
+        for stale in path.parent.glob(f".{glob.escape(_short(path.name))}.*.tmp"):
+            stale.unlink(missing_ok=True)
         announce("unreadable or failing its checksum: rebuilding it" if path.exists() else "once")
         value, data = build()
         try:
