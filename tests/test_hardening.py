@@ -572,3 +572,141 @@ def test_a_second_builder_says_it_waits(tmp_path):
                                            _never_built, log=built_meanwhile)
     assert (value, built) == (b"good", False)
     assert lines == [f"waiting for another robustmnist process to finish building {target}"]
+
+
+def test_sigterm_is_handled_like_ctrl_c():
+    import signal
+
+    import typer
+
+    from robustmnist.console import handles_errors
+
+    @handles_errors
+    def long_job():
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not interrupt the command")
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(typer.Exit) as info:
+        long_job()
+    assert info.value.exit_code == 130
+    assert signal.getsignal(signal.SIGTERM) is before  # restored for the rest of the process
+
+
+def test_set_building_workers_stop_when_their_process_is_killed(tmp_path):
+    """A killed `eval`/`train` must not leave its building workers running on as orphans."""
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "slow.py").write_text(
+        "import os, time\n"
+        "def work(chunk):\n"
+        f"    open(os.path.join({str(tmp_path)!r}, f'{{os.getpid()}}.pid'), 'w').close()\n"
+        "    time.sleep(60)\n"
+        "    return chunk\n")
+    driver = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import numpy as np, slow; "
+              "from robustmnist.measure import map_chunks; "
+              "map_chunks(slow.work, np.zeros((8, 28, 28), np.uint8), workers=2)")
+    proc = subprocess.Popen([sys.executable, "-c", driver])
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("*.pid"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pids = [int(p.stem) for p in tmp_path.glob("*.pid")]
+    proc.kill()
+    proc.wait()
+    assert len(pids) == 2, "the workers never started"
+    deadline = time.monotonic() + 15
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in pids if _running(pid)]
+    for pid in alive:
+        os.kill(pid, 9)
+    assert not alive, "orphaned workers kept running"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by init) is not running
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_a_file_on_the_output_path_is_named_as_the_cause(tmp_path, depth):
+    # Directly under the file (mkdir: EEXIST) or deeper (ENOTDIR): the same fix is named.
+    from robustmnist import artifacts
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    target = blocker / "a" / "x.json" if depth == 2 else blocker / "x.json"
+    with pytest.raises(RobustMnistError, match="a folder on its path is a file: choose another path"):
+        artifacts.write_text(target, "y")
+    assert blocker.read_text() == "x"
+
+
+# --------------------------------------------------------------------------- paths and start-up
+
+def test_resume_of_a_folder_that_does_not_exist_is_refused(tmp_path, tiny_data_dir):
+    """A mistyped --out with --resume must not start a fresh run somewhere else."""
+    one_error_line(invoke("train", "--device", "cpu", "--resume", "--out", tmp_path / "typo"),
+                   "--resume", "typo", "does not exist", "drop --resume")
+    assert not (tmp_path / "typo").exists()
+
+
+def test_a_home_path_the_shell_left_alone_is_expanded(tmp_path, tiny_data_dir, monkeypatch):
+    """``--out=~/x`` reaches the program as a literal '~': it means the home folder."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    result = invoke("measure", "--out=~/m.csv", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (home / "m.csv").is_file() and not (tmp_path / "~").exists()
+    one_error_line(invoke("measure", "--out=~no-such-user-here/m.csv"), "~no-such-user-here",
+                   "is no user's home folder", "write the path out")
+
+
+def test_a_long_file_name_is_written_and_a_too_long_one_is_one_line(tmp_path):
+    longest = tmp_path / ("a" * 251 + ".csv")  # 255 bytes: the most a name may have
+    artifacts.write_text(longest, "x")
+    assert longest.read_text() == "x" and os.listdir(tmp_path) == [longest.name]  # no temp left
+    for name in ("é" * 125 + ".json", "a" + "é" * 127, os.fsdecode(b"\xff-run.json")):
+        wide = tmp_path / name  # 255 bytes of UTF-8 (cut by bytes, mid-character), not UTF-8
+        artifacts.write_text(wide, "y")
+        assert wide.read_text() == "y"
+    with pytest.raises(RobustMnistError, match="too long: choose a shorter one"):
+        artifacts.write_text(tmp_path / ("a" * 252 + ".csv"), "x")
+
+
+def test_ctrl_c_while_the_cli_loads_is_one_line(monkeypatch, capsys):
+    """Ctrl-C during the seconds `import torch` takes: exit 130 and a line, not a traceback."""
+    import sys
+
+    from robustmnist.__main__ import main
+
+    class Interrupting:  # an import finder that behaves as Ctrl-C arriving mid-import
+        def find_spec(self, name, path=None, target=None):
+            if name == "robustmnist.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "robustmnist.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 130
+    assert capsys.readouterr().err == "interrupted while starting: nothing was run or written\n"
+
+
+def test_measure_refuses_a_level_of_clean_on_the_training_split_too(tiny_data_dir):
+    # the training split was measured whatever --level said: now refused as on the test split
+    one_error_line(invoke("measure", "--split", "train", "--family", "clean", "--level", "1"),
+                   "drop --level")
+    assert invoke("measure", "--split", "train", "--family", "clean", "-q").exit_code == 0
