@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -46,7 +47,7 @@ from robustmnist.checkpoint import Classifier, load_checkpoint
 from robustmnist.data import default_data_dir, load_split
 from robustmnist.measure import measure_thickness
 from robustmnist.pen import PhotoDigit
-from robustmnist.perturb import perturb
+from robustmnist.perturb import check_level, perturb
 
 ROOT = Path(__file__).resolve().parent
 THINNED = (0.14, 0.16)     # stroke / height targets of the photo-resolution thinning
@@ -146,8 +147,11 @@ def main() -> None:
     except ValueError:
         raise SystemExit(f"error: --fractions {args.fractions!r}: expected numbers such as "
                          "0.2,0.25") from None
-    if not all(0 < f < 0.5 for f in fractions):
-        raise SystemExit(f"error: --fractions {args.fractions!r}: each in (0, 0.5), such as 0.25")
+    for fraction in fractions:
+        try:
+            check_level("photo", fraction)
+        except RobustMnistError as err:
+            raise SystemExit(f"error: --fractions: {err}") from None
     if args.limit is not None and args.limit < 1:
         raise SystemExit(f"error: --limit {args.limit}: at least 1 digit")
     if args.workers < 1:
@@ -213,5 +217,8 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
+    except RobustMnistError as err:  # data and caches: one line, as the CLI says it
+        raise SystemExit(f"error: {err}") from None
     except KeyboardInterrupt:
-        raise SystemExit("interrupted: nothing was written") from None
+        print("interrupted: nothing was written", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -13,7 +13,7 @@ stays below the floor, the floor asks more of the network than the data allows.
     python benchmarks/photo_oracle.py --fraction 0.25 --model wide --epochs 20 --seed 0
 
 Writes ``benchmarks/results/photo-oracle-<fraction>-<model>[-affine][-e<epochs>]-seed<seed>.{json,md}``
-(``-e<epochs>`` when not 20); the run
+(``-e<epochs>`` when not 20; a ``--limit N`` smoke run writes ``...-n<N>`` into ``--work``); the run
 folder and the training photos go to ``--work`` (default ``results/photo-oracle``).
 """
 
@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -60,7 +62,7 @@ def training_photos(images: np.ndarray, fraction: float, work: Path) -> tuple[np
                 cached = z["images"]
             if cached.shape == images.shape and cached.dtype == np.uint8:
                 return cached, 0.0
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+        except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile, EOFError):
             pass  # unreadable or not this script's: photographed again and replaced below
     t0 = time.perf_counter()
     photos = build_sets(images, "photo", [fraction])[0].images
@@ -93,7 +95,7 @@ def main() -> None:
             check_level("photo", level)
         config = TrainConfig(epochs=args.epochs, model=args.model, seed=args.seed, device="cpu",
                              aug=AugConfig.from_policy("thickness+affine", p_untouched=1.0)
-                             if args.affine else AugConfig.from_policy("none"))
+                             if args.affine else AugConfig.from_policy("none")).validate()
     except RobustMnistError as err:
         raise SystemExit(f"error: {err}") from None
     if args.limit is not None and args.limit < 1:
@@ -102,6 +104,8 @@ def main() -> None:
         args.work.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise SystemExit(f"error: --work {args.work}: {err.strerror or err}; name a folder") from None
+    if not os.access(args.work, os.W_OK):
+        raise SystemExit(f"error: --work {args.work}: the folder is read-only; name a writable one")
     data = default_data_dir()
     train_split, test_split = load_split("train", data), load_split("test", data)
     images = train_split.images[:args.limit, 0].numpy()
@@ -115,11 +119,8 @@ def main() -> None:
     schedule = "" if args.epochs == 20 else f"-e{args.epochs}"
     tag = f"{args.fraction:g}-{args.model}{'-affine' * args.affine}{schedule}-seed{args.seed}"
     run = args.work / f"oracle-{tag}-{len(images)}-{photo_key()}"
-    try:
-        train(config, run, resume=True, train_split=mixed, test_split=test_split, progress=Progress(),
-              variant=f"photo-oracle-{args.fraction:g}")
-    except RobustMnistError as err:
-        raise SystemExit(f"error: {err}") from None
+    train(config, run, resume=True, train_split=mixed, test_split=test_split, progress=Progress(),
+          variant=f"photo-oracle-{args.fraction:g}")
     # the epochs' own times (metrics.csv): a rerun of a finished run, or a resumed one, trained
     # over several sessions, not in this one
     train_s = float(pd.read_csv(run / "metrics.csv")["epoch_seconds"].sum())
@@ -146,7 +147,8 @@ def main() -> None:
     rows = "\n".join(f"| {k} | {100 * v:.2f} % |" for k, v in read.items())
     artifacts.write_text(folder / f"{name}.md", (
         f"`python benchmarks/photo_oracle.py --fraction {args.fraction:g} --model {args.model} "
-        f"--epochs {args.epochs} --seed {args.seed}{' --affine' * args.affine}` "
+        f"--epochs {args.epochs} --seed {args.seed}{' --affine' * args.affine}"
+        f"{'' if args.limit is None else f' --limit {args.limit} --work {args.work}'}` "
         f"({result['measured']}, {result['machine']}, "
         f"tree {tree}): the {args.model} net trained {args.epochs} epochs on the {len(images):,} "
         f"clean training digits plus the same digits photographed at pen {args.fraction:g} of their "
@@ -160,5 +162,9 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
+    except RobustMnistError as err:  # data, caches, training: one line, as the CLI says it
+        raise SystemExit(f"error: {err}") from None
     except KeyboardInterrupt:
-        raise SystemExit("interrupted: the same command resumes the run from its last epoch") from None
+        print("interrupted: the same command goes on from the last finished epoch (photographs "
+              "not yet cached are taken again)", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import platform
+import re
 import subprocess
 import tempfile
 import zipfile
@@ -54,7 +55,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
-def _short(name: str, limit: int = 200) -> str:
+_SHORT_LIMIT = 200  # bytes of a name kept in a temporary file's name
+
+
+def _short(name: str, limit: int = _SHORT_LIMIT) -> str:
     """`name` cut to at most `limit` bytes of UTF-8 (whole characters): a temporary file's
     name stays within the 255 bytes a file system allows, however long the file's own.
 
@@ -74,6 +78,20 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+def _remove_killed_writes(path: Path) -> None:
+    """Delete the temporary files that killed writes of `path` left (`atomic_path`'s exact
+    name for it: ``.<name>.<mkstemp's 8 characters>.tmp``), plain files only. Only for a name
+    `atomic_path` does not cut (a cut name could be another file's), and only by a caller
+    holding `path`'s lock, so no live writer of it exists."""
+    if len(os.fsencode(path.name)) > _SHORT_LIMIT:
+        return
+    form = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if form.fullmatch(stale.name) and stale.is_file() and not stale.is_symlink():
+            with contextlib.suppress(OSError):  # another user's, in a shared folder: left
+                stale.unlink()
 
 
 def current_umask() -> int:
@@ -179,10 +197,7 @@ def load_or_build(path: Path, load: Callable[[Path], T | None], build: Callable[
         if not os.access(path.parent, os.W_OK):  # the lock can exist in a read-only folder
             raise RobustMnistError(f"cannot write {path} (its folder is read-only); make it "
                                    f"writable, or {CACHE_FIX}")
-        # A write of this very file that was killed left its temporary file (atomic_path's
-        # name): under the file's lock no robustmnist process is writing it, so it goes.
-        for stale in path.parent.glob(f".{glob.escape(_short(path.name))}.*.tmp"):
-            stale.unlink(missing_ok=True)
+        _remove_killed_writes(path)  # under the file's lock: no live writer of it
         announce("unreadable or failing its checksum: rebuilding it" if path.exists() else "once")
         value, data = build()
         try:

@@ -535,16 +535,19 @@ def test_a_cache_file_that_cannot_be_written_after_its_build_keeps_the_value(tmp
 def test_a_killed_write_s_temporary_file_goes_at_the_next_build(tmp_path):
     target = tmp_path / "photos" / "bank.npz"
     target.parent.mkdir()
-    killed = target.parent / ".bank.npz.k2j4x9.tmp"      # atomic_path's name for this file
+    killed = artifacts.atomic_path(target).__enter__()  # a write that never finished
     killed.write_bytes(b"half a bank")
     users = [target.parent / ".bank.npz.tmp", target.parent / "notes.tmp",
-             target.parent / ".other.npz.k2j4x9.tmp"]  # not that name: not robustmnist's to take
+             target.parent / ".other.npz.k2j4x9ab.tmp",      # another file's temporary file
+             target.parent / ".bank.npz.v2.abcdefgh.tmp"]    # that of a file named bank.npz.v2
     for f in users:
         f.write_text("keep")
+    lookalike = target.parent / ".bank.npz.abcdefgh.tmp"
+    lookalike.mkdir()                                          # a folder: not a write of robustmnist's
     value, built = artifacts.load_or_build(target, lambda p: p.read_bytes() if p.exists() else None,
                                            lambda: ("built", b"bytes"))
     assert (value, built) == ("built", True) and target.read_bytes() == b"bytes"
-    assert not killed.exists() and all(f.read_text() == "keep" for f in users)
+    assert not killed.exists() and all(f.read_text() == "keep" for f in users) and lookalike.is_dir()
 
 
 def test_a_folder_in_a_cache_locks_place_is_named(tmp_path):
