@@ -70,6 +70,16 @@ def default_data_dir() -> Path:
     return Path(cache) / "robustmnist"
 
 
+def data_subdir(data_dir: Path | None, name: str) -> Path:
+    """``<data dir>/<name>``, a cache robustmnist keeps beside MNIST (the default data folder
+    when `data_dir` is None or empty).
+
+    >>> data_subdir(Path("d"), "pen").as_posix()
+    'd/pen'
+    """
+    return (Path(data_dir) if data_dir else default_data_dir()) / name
+
+
 def raw_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "MNIST" / "raw"
 

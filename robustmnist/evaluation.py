@@ -25,7 +25,7 @@ import torch
 
 from robustmnist import RobustMnistError, artifacts
 from robustmnist.checkpoint import Checkpoint, Classifier, load_checkpoint
-from robustmnist.data import MD5, MnistSplit, load_split
+from robustmnist.data import MD5, MnistSplit, data_subdir, load_split
 from robustmnist.layout import RunDir, SweepDir
 from robustmnist.perturb import (
     DEFAULT_LEVELS,
@@ -51,9 +51,7 @@ def _quiet(_msg: str) -> None:
 
 def cache_dir_of(data_dir: Path | None) -> Path:
     """Where perturbed test sets are cached: ``<data dir>/perturbed``."""
-    from robustmnist.data import default_data_dir
-
-    return (Path(data_dir) if data_dir else default_data_dir()) / "perturbed"
+    return data_subdir(data_dir, "perturbed")
 
 
 def test_set(family: str, level: float, data_dir: Path | None = None,

@@ -369,10 +369,9 @@ def load_or_build_atlas(images: np.ndarray, cache_dir: Path | None, workers: int
 
 def training_atlas(images: torch.Tensor, data_dir: Path | None, log: Log = lambda _m: None) -> PenAtlas:
     """The atlas of a split's uint8 (N, 1, 28, 28) images, cached in ``<data dir>/pen``."""
-    from robustmnist.data import default_data_dir
+    from robustmnist.data import data_subdir
 
-    cache_dir = (Path(data_dir) if data_dir else default_data_dir()) / "pen"
-    return load_or_build_atlas(images.cpu().numpy(), cache_dir, log=log)[0]
+    return load_or_build_atlas(images.cpu().numpy(), data_subdir(data_dir, "pen"), log=log)[0]
 
 
 # --------------------------------------------------------------------------- photos

@@ -136,7 +136,6 @@ def load_or_build_bank(images: np.ndarray, cache_dir: Path | None, workers: int 
 
 def training_bank(images: torch.Tensor, data_dir: Path | None, log: Log = lambda _m: None) -> PhotoBank:
     """The bank of a split's uint8 (N, 1, 28, 28) images, cached in ``<data dir>/photos``."""
-    from robustmnist.data import default_data_dir
+    from robustmnist.data import data_subdir
 
-    cache_dir = (Path(data_dir) if data_dir else default_data_dir()) / "photos"
-    return load_or_build_bank(images.cpu().numpy(), cache_dir, log=log)[0]
+    return load_or_build_bank(images.cpu().numpy(), data_subdir(data_dir, "photos"), log=log)[0]
