@@ -32,13 +32,24 @@ LOCK_NAME = ".robustmnist.lock"
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success rename it over `path`.
 
-    A crash or Ctrl-C in the block leaves the previous `path` untouched.
+    A crash or Ctrl-C in the block leaves the previous `path` untouched. A symbolic link at
+    `path` stays: the file it points to is the one replaced.
     """
     path = Path(path)
     try:
+        linked = path.is_symlink()
+    except OSError as err:  # a name too long to look up
+        raise write_error(path, err) from None
+    if linked:  # written through, as any write to a link is: the link stays, its file changes
+        link, path = path, Path(os.path.realpath(path))
+        if not path.parent.is_dir():
+            raise RobustMnistError(f"cannot write {link}: it links to {path}, whose folder does "
+                                   "not exist; fix or remove the link")
+    try:
         if path.is_dir():
             raise RobustMnistError(f"{path} is a folder; name a file to write")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not linked:  # a link's target folder is the link maker's: none is made for it
+            path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{_short(path.name)}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         raise write_error(path, err) from None
@@ -108,6 +119,8 @@ def write_error(path: Path, err: OSError) -> RobustMnistError:
     >>> print(write_error(Path("a/b.json"), OSError(errno.ENOTDIR, "Not a directory")))
     cannot write a/b.json (Not a directory); a folder on its path is a file: choose another path
     """
+    if err.errno in (errno.ENOTDIR, errno.EEXIST) and (blocker := _file_on_path(path)):
+        return _blocked(path, blocker)
     fix = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some disk space",
            errno.ENOTDIR: "a folder on its path is a file: choose another path",
            errno.EEXIST: "a folder on its path is a file: choose another path",  # its mkdir
@@ -115,6 +128,34 @@ def write_error(path: Path, err: OSError) -> RobustMnistError:
            errno.ENAMETOOLONG: "the name is too long: choose a shorter one",
            }.get(err.errno or 0, "choose a writable location")
     return RobustMnistError(f"cannot write {path} ({err.strerror or err}); {fix}")
+
+
+def _file_on_path(path: Path) -> Path | None:
+    """The nearest folder of `path` that exists as something else than a folder (a file in
+    a folder's place), or None."""
+    for above in Path(path).parents:
+        if above.exists() or above.is_symlink():
+            return None if above.is_dir() else above
+    return None
+
+
+def _blocked(path: Path, blocker: Path) -> RobustMnistError:
+    return RobustMnistError(f"cannot write {path}: {blocker} is a file where a folder is needed; "
+                            "move it away, or choose another path")
+
+
+def cache_file_present(path: Path) -> bool:
+    """Whether a data-folder cache file is there to read (a link to one counts); raises one
+    line when something that is not a file is in its place (a folder, a pipe: reading a pipe
+    would wait forever)."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    if path.is_file():
+        return True
+    kind = "a folder" if path.is_dir() else "not a regular file"
+    raise RobustMnistError(f"{path} is {kind} where robustmnist keeps a cache file; move it "
+                           f"away, or {CACHE_FIX}")
 
 
 T = TypeVar("T")
@@ -173,11 +214,11 @@ def load_or_build(path: Path, load: Callable[[Path], T | None], build: Callable[
     A temporary file that a killed write of this same file left behind is removed.
     """
     path = Path(path)
-    if path.is_dir():
-        raise RobustMnistError(f"{path} is a folder where robustmnist keeps a cache file; "
-                               f"move it away, or {CACHE_FIX}")
-    if path.exists() and (cached := load(path)) is not None:
+    if cache_file_present(path) and (cached := load(path)) is not None:
         return cached, False
+    if blocker := _file_on_path(path):
+        raise RobustMnistError(f"{blocker} is a file where robustmnist needs a folder for "
+                               f"{path}; move it away, or {CACHE_FIX}")
     lock = FileLock(f"{path}.lock")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +233,7 @@ def load_or_build(path: Path, load: Callable[[Path], T | None], build: Callable[
                                    f"file; move it away, or {CACHE_FIX}") from None
         raise RobustMnistError(f"{write_error(Path(lock.lock_file), err)}, or {CACHE_FIX}") from None
     try:
-        if path.exists() and (cached := load(path)) is not None:
+        if cache_file_present(path) and (cached := load(path)) is not None:
             return cached, False  # built meanwhile by the holder of the lock
         if not os.access(path.parent, os.W_OK):  # the lock can exist in a read-only folder
             raise RobustMnistError(f"cannot write {path} (its folder is read-only); make it "
@@ -264,12 +305,8 @@ def check_replaceable(path: Path, starts: bytes, what: str, mark: bytes | None =
     path = Path(path)
     if path.is_dir():
         raise RobustMnistError(f"{path} is a folder; name a file for the {what}")
-    above = path.parent
-    while not above.exists() and above != above.parent:
-        above = above.parent
-    if not above.is_dir():  # found before any work is done, not at the write
-        raise RobustMnistError(f"cannot write {path}: {above} is a file; a folder on its path is a "
-                               "file: choose another path")
+    if blocker := _file_on_path(path):  # found before any work is done, not at the write
+        raise _blocked(path, blocker)
     if path.exists():
         try:
             with open(path, "rb") as f:

@@ -263,7 +263,7 @@ def load_or_build_levels(images: np.ndarray, family: str, levels: Sequence[float
     found: dict[float, PerturbedSet] = {}
     for level in levels:
         path = cache_path(cache_dir, family, level, source_md5)
-        if path.exists() and (cached := _load(path, family, level)) is not None:
+        if artifacts.cache_file_present(path) and (cached := _load(path, family, level)) is not None:
             found[level] = cached
     missing = [level for level in dict.fromkeys(levels) if level not in found]
     built = dict(zip(missing, build_sets(images, family, missing, workers), strict=True))

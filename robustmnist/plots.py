@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,11 @@ def digit_grid(images: np.ndarray, row_labels: Sequence[str], col_labels: Sequen
                title: str) -> plt.Figure:
     """A (rows, cols, 28, 28) grid of digits, white on black, labelled."""
     rows, cols = images.shape[:2]
-    fig, axes = plt.subplots(rows, cols, figsize=(1.0 * cols + 0.6, 1.0 * rows + 0.6),
-                             squeeze=False)
+    width = 1.0 * cols + 0.6
+    # ~12 characters an inch at 10 pt: a long title wraps to the grid's width, not past it
+    lines = textwrap.wrap(title, max(20, int(width * 12))) or [""]
+    fig, axes = plt.subplots(rows, cols, figsize=(width, 1.0 * rows + 0.6 + 0.17 * (len(lines) - 1)),
+                             squeeze=False, layout="constrained")  # the title above the grid
     for r in range(rows):
         for c in range(cols):
             ax = axes[r][c]
@@ -44,7 +48,7 @@ def digit_grid(images: np.ndarray, row_labels: Sequence[str], col_labels: Sequen
                 ax.set_title(col_labels[c], fontsize=8)
             if c == 0:
                 ax.set_ylabel(row_labels[r], fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle("\n".join(lines), fontsize=10)
     return fig
 
 

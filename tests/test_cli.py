@@ -281,6 +281,6 @@ def test_measure_refuses_bad_paths_before_the_work(tiny_data_dir, tmp_path, monk
     blocker = tmp_path / "afile"
     blocker.write_text("x")
     bad_out = invoke("measure", "--out", blocker / "m.csv")
-    assert bad_out.exit_code != 0 and "a folder on its path is a file" in bad_out.output
+    assert bad_out.exit_code != 0 and "is a file where a folder is needed" in bad_out.output
     bad_ref = invoke("measure", "--reference", tmp_path / "missing.csv")
     assert bad_ref.exit_code != 0 and "no such file" in bad_ref.output

@@ -129,7 +129,7 @@ def test_unwritable_output(tmp_path, two_runs, device):
     result = sweep(two_runs[:1], {}, device=device)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(RobustMnistError, match="a folder on its path is a file: choose another path"):
+    with pytest.raises(RobustMnistError, match=f"{blocker} is a file where a folder is needed; move it away"):
         save_sweep(result, blocker / "sub")
 
 

@@ -557,6 +557,57 @@ def test_a_folder_in_a_cache_locks_place_is_named(tmp_path):
         artifacts.load_or_build(target, lambda _p: None, _never_built)
 
 
+def test_a_pipe_in_a_cache_files_place_is_refused_not_read(tmp_path, tiny_arrays):
+    # Reading a FIFO waits for a writer that never comes: it must be refused, not opened.
+    from robustmnist.perturb import cache_path
+    from robustmnist.perturb import load_or_build as load_or_build_set
+
+    target = tmp_path / "photos" / "bank.npz"
+    target.parent.mkdir()
+    os.mkfifo(target)
+    with pytest.raises(RobustMnistError, match=r"bank\.npz is not a regular file .*--data-dir"):
+        artifacts.load_or_build(target, lambda p: p.read_bytes(), _never_built)
+    sets = tmp_path / "perturbed"
+    pipe = cache_path(sets, "delta", 1.0, "md5x")
+    pipe.parent.mkdir(parents=True)
+    os.mkfifo(pipe)
+    with pytest.raises(RobustMnistError, match="is not a regular file where robustmnist keeps"):
+        load_or_build_set(tiny_arrays["test"][0][:4], "delta", 1.0, "md5x", sets)
+
+
+def test_a_file_on_a_cache_files_path_is_named_before_the_build(tmp_path):
+    (tmp_path / "pen").write_text("not a folder")
+    target = tmp_path / "pen" / "atlas.npz"
+    with pytest.raises(RobustMnistError) as caught:
+        artifacts.load_or_build(target, lambda _p: None, _never_built)
+    assert str(caught.value).startswith(f"{tmp_path / 'pen'} is a file where robustmnist needs a "
+                                        f"folder for {target}; move it away, or --data-dir")
+    assert (tmp_path / "pen").read_text() == "not a folder"
+
+
+def test_a_linked_cache_file_is_rebuilt_through_its_link(tmp_path):
+    # A user's link to a shared cache stays a link; the file it names is the one replaced.
+    shared = tmp_path / "shared" / "atlas.npz"
+    shared.parent.mkdir()
+    shared.write_bytes(b"corrupt")
+    target = tmp_path / "pen" / "atlas.npz"
+    target.parent.mkdir()
+    target.symlink_to(shared)
+    value, built = artifacts.load_or_build(target, lambda p: p.read_bytes() if p.read_bytes() == b"good"
+                                           else None, lambda: ("built", b"good"))
+    assert (value, built) == ("built", True)
+    assert target.is_symlink() and shared.read_bytes() == b"good"
+    assert not list(shared.parent.glob("*.tmp")) and not list(target.parent.glob("*.tmp"))
+
+
+def test_a_link_to_a_missing_folder_is_named_not_followed_into_new_folders(tmp_path):
+    link = tmp_path / "report.md"
+    link.symlink_to(tmp_path / "gone" / "report.md")
+    with pytest.raises(RobustMnistError, match=r"report\.md: it links to .*gone.*fix or remove the link"):
+        artifacts.write_text(link, "x")
+    assert not (tmp_path / "gone").exists() and link.is_symlink()
+
+
 def test_a_second_builder_says_it_waits(tmp_path):
     from filelock import FileLock
 
@@ -643,14 +694,16 @@ def _running(pid: int) -> bool:
 
 @pytest.mark.parametrize("depth", [1, 2])
 def test_a_file_on_the_output_path_is_named_as_the_cause(tmp_path, depth):
-    # Directly under the file (mkdir: EEXIST) or deeper (ENOTDIR): the same fix is named.
+    # Directly under the file (mkdir: EEXIST) or deeper (ENOTDIR): the file itself is named.
     from robustmnist import artifacts
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
     target = blocker / "a" / "x.json" if depth == 2 else blocker / "x.json"
-    with pytest.raises(RobustMnistError, match="a folder on its path is a file: choose another path"):
+    with pytest.raises(RobustMnistError) as caught:
         artifacts.write_text(target, "y")
+    assert str(caught.value) == (f"cannot write {target}: {blocker} is a file where a folder is "
+                                 "needed; move it away, or choose another path")
     assert blocker.read_text() == "x"
 
 

@@ -147,7 +147,11 @@ def test_the_preview_title_states_the_photo_share(tiny_arrays):
 
     images = torch.from_numpy(tiny_arrays["train"][0][:2]).unsqueeze(1)
     fig, _ = preview_figure(images, AugConfig.from_policy(POLICY, p_photo=0.3), draws=1, seed=0)
-    title = fig._suptitle.get_text()
+    lines = fig._suptitle.get_text().split("\n")  # wrapped to the grid's width (2 columns)
+    width_chars = int(fig.get_figwidth() * 12)
+    assert len(lines) > 2 and all(len(line) <= width_chars for line in lines)
+    title = " ".join(lines)
     assert "photos, pen 0.1-0.3 of the height (p 0.3)" in title and "(p 0.7 of the rest)" in title
     fig, _ = preview_figure(images, AugConfig.from_policy("fine-pen+thickness+affine"), draws=1, seed=0)
-    assert "photos" not in fig._suptitle.get_text() and "(p 0.7)" in fig._suptitle.get_text()
+    title = fig._suptitle.get_text().replace("\n", " ")
+    assert "photos" not in title and "(p 0.7)" in title
