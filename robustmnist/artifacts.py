@@ -33,23 +33,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success rename it over `path`.
 
     A crash or Ctrl-C in the block leaves the previous `path` untouched. A symbolic link at
-    `path` stays: the file it points to is the one replaced.
+    `path` is replaced itself, never the file it points to (which robustmnist may not own).
     """
     path = Path(path)
     try:
-        linked = path.is_symlink()
-    except OSError as err:  # a name too long to look up
-        raise write_error(path, err) from None
-    if linked:  # written through, as any write to a link is: the link stays, its file changes
-        link, path = path, Path(os.path.realpath(path))
-        if not path.parent.is_dir():
-            raise RobustMnistError(f"cannot write {link}: it links to {path}, whose folder does "
-                                   "not exist; fix or remove the link")
-    try:
         if path.is_dir():
             raise RobustMnistError(f"{path} is a folder; name a file to write")
-        if not linked:  # a link's target folder is the link maker's: none is made for it
-            path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{_short(path.name)}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         raise write_error(path, err) from None

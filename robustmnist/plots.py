@@ -35,7 +35,7 @@ def digit_grid(images: np.ndarray, row_labels: Sequence[str], col_labels: Sequen
     rows, cols = images.shape[:2]
     width = 1.0 * cols + 0.6
     # ~12 characters an inch at 10 pt: a long title wraps to the grid's width, not past it
-    lines = textwrap.wrap(title, max(20, int(width * 12))) or [""]
+    lines = textwrap.wrap(title, max(20, int(width * 12)), break_on_hyphens=False) or [""]
     fig, axes = plt.subplots(rows, cols, figsize=(width, 1.0 * rows + 0.6 + 0.17 * (len(lines) - 1)),
                              squeeze=False, layout="constrained")  # the title above the grid
     for r in range(rows):
